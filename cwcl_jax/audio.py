@@ -50,8 +50,8 @@ class LogMelConfig:
                 raise ValueError(f"LogMelConfig.{name} must be a positive integer, got {value!r}")
         if not 0.0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise ValueError(
-                f"LogMelConfig needs 0 <= f_min < f_max <= sample_rate / 2, got f_min={self.f_min}, "
-                f"f_max={self.f_max}, sample_rate={self.sample_rate}"
+                "LogMelConfig needs 0 <= f_min < f_max <= sample_rate / 2, got "
+                f"f_min={self.f_min}, f_max={self.f_max}, sample_rate={self.sample_rate}"
             )
         if self.max_samples <= self.n_fft // 2:
             # Reflect padding of n_fft // 2 needs a longer signal than the pad itself.

@@ -158,6 +158,6 @@ def test_bad_config_errors(kwargs, match):
 
 def test_unsupported_preprocessor_errors():
     with pytest.raises(ValueError, match="only WhisperFeatureExtractor"):
-        audio.LogMelConfig.from_preprocessor_config({"feature_extractor_type": "ASTFeatureExtractor"})
+        audio.LogMelConfig.from_preprocessor_config({"feature_extractor_type": "ASTFeature"})
     with pytest.raises(ValueError, match="dither"):
         audio.LogMelConfig.from_preprocessor_config({"dither": 1e-4})
