@@ -1,0 +1,1 @@
+"""Prompt template sets (JSON lists of strings with one `{}`), loaded by cwcl_jax.eval.templates."""
