@@ -1,0 +1,79 @@
+"""Shared pieces of this package's TFDS builders: array_record output, parallel loading."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+import tensorflow_datasets as tfds
+
+_In = TypeVar("_In")
+_Out = TypeVar("_Out")
+
+BAD_RECORD_MODES = ("skip", "raise")
+_LOGGED_BAD_RECORDS = 20  # Logged one by one; the rest only counted.
+
+
+class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A GeneratorBasedBuilder that writes array_record files unless told otherwise.
+
+    array_record gives the pipeline random access by index (`tfds.data_source`), which
+    is what makes shuffling and exact resume cheap.
+    """
+
+    def __init__(self, *, file_format: str | None = None, **kwargs):
+        super().__init__(file_format=file_format or "array_record", **kwargs)
+
+
+def default_workers() -> int:
+    """Worker threads for builders: one per CPU core (work is in subprocesses or C code)."""
+    return max(1, os.cpu_count() or 1)
+
+
+def ordered_parallel_map(
+    fn: Callable[[_In], _Out],
+    items: Iterable[_In],
+    *,
+    workers: int | None = None,
+    chunk_size: int = 256,
+) -> Iterator[_Out]:
+    """Yields fn(item) in input order, computed by a thread pool.
+
+    Chunks bound the results held in memory when the consumer (the TFDS writer) is slower
+    than the workers. Threads suffice: the heavy parts (espeak-ng subprocesses, numpy, tf
+    decoding) release the GIL.
+    """
+    workers = workers or default_workers()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        iterator = iter(items)
+        while chunk := list(itertools.islice(iterator, chunk_size)):
+            yield from pool.map(fn, chunk)
+
+
+class BadRecords:
+    """Skips and counts bad records, or raises on the first one, by `mode`."""
+
+    def __init__(self, mode: str):
+        if mode not in BAD_RECORD_MODES:
+            raise ValueError(f"bad_records must be one of {BAD_RECORD_MODES}, got {mode!r}")
+        self.mode = mode
+        self.count = 0
+        self.first: list[str] = []
+
+    def report(self, location: str, reason: str) -> None:
+        """location: "file:line" of the record, plus its media path where there is one."""
+        message = f"{location}: {reason}"
+        if self.mode == "raise":
+            raise ValueError(f"bad record at {message} (bad_records='skip' skips such records)")
+        self.count += 1
+        if len(self.first) < _LOGGED_BAD_RECORDS:
+            self.first.append(message)
+            logging.warning("Skipping bad record %s", message)
+
+    def summary(self) -> dict:
+        """JSON-able {"count", "first"} for the dataset's metadata."""
+        return {"count": self.count, "first": list(self.first)}

@@ -1,0 +1,241 @@
+"""TFDS builder `cwcl_slurp`: SLURP (Bastianelli et al., 2020) from its released files.
+
+manual_dir is the SLURP release: `dataset/slurp/{train,devel,test}.jsonl` (and
+`train_synthetic.jsonl`) from the SLURP repository, and `audio/slurp_real/*.flac` (and
+`audio/slurp_synth/`) from its audio archives. Every recording is one example: `audio`
+(int16, 16 kHz), `text` (the sentence), `intent` and `scenario` labels with their names.
+
+FLAC needs `soundfile`; a `.wav` file with the same stem beside a `.flac` is used instead
+when present, so converted copies work without it. One command:
+
+    python -m cwcl_jax.data.slurp --slurp_dir ~/slurp --data_dir ~/tensorflow_datasets
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from cwcl_jax.data import audio_files, builder_utils
+
+_SPLIT_FILES = {"train": "train.jsonl", "validation": "devel.jsonl", "test": "test.jsonl"}
+_SYNTHETIC_FILE = "train_synthetic.jsonl"
+_AUDIO_FOLDERS = {False: "slurp_real", True: "slurp_synth"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recording:
+    """One example to be: where it is listed and what it holds."""
+
+    location: str  # "jsonl path:line".
+    file: str  # As named in the jsonl, relative to its audio folder.
+    path: str  # The file to decode: the .wav copy if there is one, else `file`.
+    text: str
+    intent: str
+    scenario: str
+    slurp_id: int
+
+
+@dataclasses.dataclass
+class SlurpConfig(tfds.core.BuilderConfig):
+    """`synthetic`: add the synthesized train recordings; `bad_records`: skip | raise."""
+
+    synthetic: bool = False
+    bad_records: str = "skip"
+
+    def __post_init__(self):
+        if self.bad_records not in builder_utils.BAD_RECORD_MODES:
+            raise ValueError(
+                f"SlurpConfig.bad_records must be one of {builder_utils.BAD_RECORD_MODES}, "
+                f"got {self.bad_records!r}"
+            )
+
+
+class CwclSlurp(builder_utils.ArrayRecordBuilder):
+    """SLURP spoken language understanding: recordings, transcripts, intents, scenarios."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = [
+        SlurpConfig(name="real", description="Real recordings (headset and far-field)."),
+        SlurpConfig(name="real_and_synth", synthetic=True, description="Plus synthetic train."),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = (
+        "Clone https://github.com/pswietojanski/slurp (for dataset/slurp/*.jsonl), run its "
+        "scripts/download_audio.sh and unpack the archives so that manual_dir holds "
+        "dataset/slurp/train.jsonl and audio/slurp_real/*.flac."
+    )
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "audio": tfds.features.Audio(
+                        shape=(None,), dtype=np.int16, sample_rate=audio_files.SAMPLE_RATE
+                    ),
+                    "text": tfds.features.Text(),
+                    # Names come from the jsonl files, set when the dataset is built.
+                    "intent": tfds.features.ClassLabel(),
+                    "scenario": tfds.features.ClassLabel(),
+                    "slurp_id": np.int64,
+                    "recording": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("audio", "text"),
+            homepage="https://github.com/pswietojanski/slurp",
+            metadata=tfds.core.MetadataDict(),
+        )
+
+    def _split_generators(self, dl_manager):
+        config = self.builder_config
+        root = os.fspath(dl_manager.manual_dir)
+        bad = builder_utils.BadRecords(config.bad_records)
+        splits = {
+            split: read_recordings(root, names, bad)
+            for split, names in _split_sources(config.synthetic).items()
+        }
+        _check_decodable([r for recordings in splits.values() for r in recordings])
+        everything = [r for recordings in splits.values() for r in recordings]
+        self.info.features["intent"].names = sorted({r.intent for r in everything})
+        self.info.features["scenario"].names = sorted({r.scenario for r in everything})
+        return {split: self._generate_examples(recs, bad) for split, recs in splits.items()}
+
+    def _generate_examples(self, recordings: list[Recording], bad: builder_utils.BadRecords):
+        loaded = builder_utils.ordered_parallel_map(lambda r: (r, _load(r)), recordings)
+        for recording, (audio, problem) in loaded:
+            if problem is not None:
+                bad.report(f"{recording.location} ({recording.file})", problem)
+                continue
+            yield (
+                f"{recording.location}:{recording.file}",
+                {
+                    "audio": audio,
+                    "text": recording.text,
+                    "intent": recording.intent,
+                    "scenario": recording.scenario,
+                    "slurp_id": recording.slurp_id,
+                    "recording": recording.file,
+                },
+            )
+        self.info.metadata["bad_records"] = bad.summary()
+
+
+def _split_sources(synthetic: bool) -> dict[str, list[str]]:
+    sources = {split: [name] for split, name in _SPLIT_FILES.items()}
+    if synthetic:
+        sources["train"].append(_SYNTHETIC_FILE)
+    return sources
+
+
+def read_recordings(root: str, jsonl_names: list[str], bad: builder_utils.BadRecords):
+    """Recordings of the jsonl files `dataset/slurp/<name>` under the SLURP folder `root`."""
+    recordings = []
+    for name in jsonl_names:
+        path = os.path.join(root, "dataset", "slurp", name)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"SLURP file {path} is missing. {CwclSlurp.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+            )
+        audio_folder = os.path.join(root, "audio", _AUDIO_FOLDERS[name == _SYNTHETIC_FILE])
+        recordings.extend(_recordings_of(path, audio_folder, bad))
+    return recordings
+
+
+def _recordings_of(
+    path: str, audio_folder: str, bad: builder_utils.BadRecords
+) -> Iterator[Recording]:
+    with open(path, encoding="utf-8") as f:
+        for line_number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                text, intent = entry["sentence"].strip(), entry["intent"]
+                scenario, files = entry.get("scenario") or intent.split("_")[0], entry["recordings"]
+                slurp_id = int(entry.get("slurp_id", -1))
+                names = [recording["file"] for recording in files]
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+                bad.report(f"{path}:{line_number}", f"malformed SLURP entry ({e!r})")
+                continue
+            if not text:
+                bad.report(f"{path}:{line_number}", "empty sentence")
+                continue
+            for name in names:
+                media = os.path.join(audio_folder, name)
+                wav = os.path.splitext(media)[0] + ".wav"
+                audio = wav if os.path.exists(wav) else media
+                location = f"{path}:{line_number}"
+                yield Recording(location, name, audio, text, intent, scenario, slurp_id)
+
+
+def _check_decodable(recordings: list[Recording]) -> None:
+    """Fails before any work when FLAC must be read and soundfile is missing."""
+    if audio_files.soundfile_available():
+        return
+    for recording in recordings:
+        if not recording.path.endswith(".wav") and os.path.exists(recording.path):
+            raise ImportError(audio_files.FLAC_HELP.format(path=recording.path))
+
+
+def _load(recording: Recording):
+    """(int16 waveform [T] at 16 kHz, None) or (None, why the recording is unusable)."""
+    if not os.path.isfile(recording.path):
+        return None, f"audio file not found: {recording.path}"
+    try:
+        waveform = audio_files.load_16k(recording.path)
+    except ValueError as e:
+        return None, str(e)
+    problem = audio_files.waveform_problem(waveform)
+    return (None, problem) if problem else (audio_files.to_int16(waveform), None)
+
+
+def build_slurp_dataset(
+    slurp_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    *,
+    synthetic: bool = False,
+    bad_records: str = "skip",
+    overwrite: bool = False,
+) -> tfds.core.DatasetBuilder:
+    """Prepares `cwcl_slurp/real` (or `/real_and_synth`) from the SLURP release folder."""
+    name = "real_and_synth" if synthetic else "real"
+    config = SlurpConfig(name=name, synthetic=synthetic, bad_records=bad_records)
+    builder = CwclSlurp(config=config, data_dir=os.fspath(data_dir))
+    mode = tfds.download.GenerateMode
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+            manual_dir=os.fspath(slurp_dir),
+            download_mode=mode.REUSE_CACHE_IF_EXISTS if overwrite else mode.REUSE_DATASET_IF_EXISTS,
+        )
+    )
+    return builder
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=build_slurp_dataset.__doc__)
+    parser.add_argument("--slurp_dir", required=True, help="folder with dataset/ and audio/")
+    parser.add_argument("--data_dir", required=True, help="TFDS data directory to write to")
+    parser.add_argument("--synthetic", action="store_true", help="add the synthetic train set")
+    parser.add_argument("--bad_records", choices=builder_utils.BAD_RECORD_MODES, default="skip")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
+    args = parser.parse_args(argv)
+    builder = build_slurp_dataset(
+        args.slurp_dir,
+        args.data_dir,
+        synthetic=args.synthetic,
+        bad_records=args.bad_records,
+        overwrite=args.overwrite,
+    )
+    for split, info in builder.info.splits.items():
+        print(f"{split}: {info.num_examples} examples")
+    print(f"skipped bad records: {builder.info.metadata.get('bad_records', {'count': 0})['count']}")
+
+
+if __name__ == "__main__":
+    main()
