@@ -30,10 +30,22 @@ def read_metrics_jsonl(path: str | Path) -> dict[str, tuple[list[int], list[floa
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             raise ValueError(f"{path}:{number}: expected a JSON object with an integer 'step'")
         for name, value in record.items():
-            if name != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+            number = _as_number(value)
+            if name != "step" and number is not None:
                 series[name][0].append(record["step"])
-                series[name][1].append(float(value))
+                series[name][1].append(number)
     return dict(series)
+
+
+def _as_number(value: Any) -> float | None:
+    """Numbers as floats; the writer's "nan"/"inf" strings (JSON has neither) as floats too."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if value in ("nan", "inf", "-inf"):
+        return float(value)
+    return None
 
 
 def plot_training_curves(

@@ -122,10 +122,10 @@ def _resolve_one(name, task, dataset_info, modalities, field) -> Task:
             item_id_key=task.get("item_id_key"),
             ks=ks,
         )
+    query_modality = _check_modality(task, "query_modality", modalities, field)
     label_key = task.get("label_key")
     if not label_key:
         raise ValueError(f"{field}.label_key is required for a zeroshot task")
-    names = _load_class_names(task, label_key, dataset_info, field)
     try:
         templates = templates_lib.load_templates(task.get("templates", "simple_image"))
     except ValueError as e:
@@ -133,8 +133,8 @@ def _resolve_one(name, task, dataset_info, modalities, field) -> Task:
     return ZeroShotTask(
         name=name,
         label_key=label_key,
-        query_modality=_check_modality(task, "query_modality", modalities, field),
-        class_names=names,
+        query_modality=query_modality,
+        class_names=_load_class_names(task, label_key, dataset_info, field),
         templates=templates,
         ks=ks,
         per_template=bool(task.get("per_template", True)),
