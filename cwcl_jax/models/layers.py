@@ -43,6 +43,11 @@ def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[name]
 
 
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """x / max(||x||, eps) over the last axis (torch.nn.functional.normalize)."""
+    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
 def partitioned(init: Callable, *names: str | None) -> Callable:
     """Wraps an initializer so the created param is boxed with logical axis `names`."""
     return nn.with_logical_partitioning(init, names)
