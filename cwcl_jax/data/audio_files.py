@@ -136,8 +136,11 @@ def _polyphase_kernel(up: int, down: int) -> tuple[np.ndarray, int]:
 
 
 def to_int16(waveform: np.ndarray) -> np.ndarray:
-    """float [T] in [-1, 1] -> int16 [T] (clipped), the storage type of the builders."""
-    return np.round(np.clip(waveform, -1.0, 1.0) * 32767.0).astype(np.int16)
+    """float [T] in [-1, 1] -> int16 [T] (clipped), the storage type of the builders.
+
+    The scale 32768 inverts `read_wav`, so 16-bit PCM passes through unchanged.
+    """
+    return np.clip(np.round(np.asarray(waveform) * 32768.0), -32768, 32767).astype(np.int16)
 
 
 def waveform_problem(waveform: np.ndarray) -> str | None:

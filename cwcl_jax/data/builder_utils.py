@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
-import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
@@ -54,13 +54,18 @@ def ordered_parallel_map(
             yield from pool.map(fn, chunk)
 
 
+def check_bad_records_mode(mode: str) -> str:
+    """Returns `mode` if it is "skip" or "raise", else raises ValueError naming bad_records."""
+    if mode not in BAD_RECORD_MODES:
+        raise ValueError(f"bad_records must be one of {BAD_RECORD_MODES}, got {mode!r}")
+    return mode
+
+
 class BadRecords:
     """Skips and counts bad records, or raises on the first one, by `mode`."""
 
     def __init__(self, mode: str):
-        if mode not in BAD_RECORD_MODES:
-            raise ValueError(f"bad_records must be one of {BAD_RECORD_MODES}, got {mode!r}")
-        self.mode = mode
+        self.mode = check_bad_records_mode(mode)
         self.count = 0
         self.first: list[str] = []
 

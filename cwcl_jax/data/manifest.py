@@ -34,7 +34,6 @@ class ManifestConfig(tfds.core.BuilderConfig):
 
     manifest: str = ""
     modality: str = "image"
-    bad_records: str = "skip"
 
     def __post_init__(self):
         if self.modality not in records_lib.MODALITIES:
@@ -42,15 +41,14 @@ class ManifestConfig(tfds.core.BuilderConfig):
                 f"ManifestConfig.modality must be one of {records_lib.MODALITIES}, "
                 f"got {self.modality!r}"
             )
-        if self.bad_records not in builder_utils.BAD_RECORD_MODES:
-            raise ValueError(
-                f"ManifestConfig.bad_records must be one of {builder_utils.BAD_RECORD_MODES}, "
-                f"got {self.bad_records!r}"
-            )
 
 
 class CwclManifest(builder_utils.ArrayRecordBuilder):
-    """Image-text or audio-text pairs listed in a local JSONL or CSV manifest."""
+    """Image-text or audio-text pairs listed in a local JSONL or CSV manifest.
+
+    bad_records="skip" skips and counts unusable records (metadata["bad_records"]);
+    "raise" stops at the first one, naming its manifest line and media path.
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
@@ -59,6 +57,10 @@ class CwclManifest(builder_utils.ArrayRecordBuilder):
         "Put manifest.jsonl or manifest.csv (fields: image or audio path, text, optional "
         "split) in manual_dir, or use build_manifest_dataset(manifest_path, data_dir, name)."
     )
+
+    def __init__(self, *, bad_records: str = "skip", **kwargs):
+        self.bad_records = builder_utils.check_bad_records_mode(bad_records)
+        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         modality = self.builder_config.modality
@@ -81,7 +83,7 @@ class CwclManifest(builder_utils.ArrayRecordBuilder):
     def _split_generators(self, dl_manager):
         config = self.builder_config
         manifest = config.manifest or _manifest_in(dl_manager.manual_dir)
-        bad = builder_utils.BadRecords(config.bad_records)
+        bad = builder_utils.BadRecords(self.bad_records)
         records = records_lib.read_records(manifest, config.modality, bad)
         if not records:
             raise ValueError(f"manifest {manifest} has no usable records")
@@ -143,7 +145,7 @@ def _load_image(path: str):
     try:
         image = tf.io.decode_image(raw, expand_animations=False).numpy()
     except tf.errors.OpError as e:
-        raise ValueError(f"undecodable image: {e.message.splitlines()[0]}") from e
+        raise ValueError(f"undecodable image: {_tf_error_text(e)}") from e
     if image.dtype != np.uint8:
         image = (image.astype(np.float64) * 255.0 / np.iinfo(image.dtype).max).round()
         image = image.astype(np.uint8)
@@ -154,6 +156,12 @@ def _load_image(path: str):
     channels = image.shape[-1]
     rgb = image[..., :3] if channels >= 3 else np.repeat(image[..., :1], 3, axis=-1)
     return np.ascontiguousarray(rgb), None
+
+
+def _tf_error_text(error: tf.errors.OpError) -> str:
+    """The human part of a TF op error: no {{function_node ...}} prefix, no [Op:...]."""
+    text = re.sub(r"\{\{.*?\}\}\s*", "", error.message)
+    return re.sub(r"\s*\[Op:\w+\]", "", text).strip()
 
 
 def _is_jpeg_or_8bit_png(raw: bytes) -> bool:
@@ -192,9 +200,8 @@ def build_manifest_dataset(
         name=name,
         manifest=manifest,
         modality=modality or records_lib.detect_modality(manifest),
-        bad_records=bad_records,
     )
-    builder = CwclManifest(config=config, data_dir=os.fspath(data_dir))
+    builder = CwclManifest(config=config, data_dir=os.fspath(data_dir), bad_records=bad_records)
     mode = tfds.download.GenerateMode
     download_config = tfds.download.DownloadConfig(
         download_mode=mode.REUSE_CACHE_IF_EXISTS if overwrite else mode.REUSE_DATASET_IF_EXISTS

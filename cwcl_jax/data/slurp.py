@@ -44,21 +44,17 @@ class Recording:
 
 @dataclasses.dataclass
 class SlurpConfig(tfds.core.BuilderConfig):
-    """`synthetic`: add the synthesized train recordings; `bad_records`: skip | raise."""
+    """`synthetic`: add the synthesized train recordings (train_synthetic.jsonl)."""
 
     synthetic: bool = False
-    bad_records: str = "skip"
-
-    def __post_init__(self):
-        if self.bad_records not in builder_utils.BAD_RECORD_MODES:
-            raise ValueError(
-                f"SlurpConfig.bad_records must be one of {builder_utils.BAD_RECORD_MODES}, "
-                f"got {self.bad_records!r}"
-            )
 
 
 class CwclSlurp(builder_utils.ArrayRecordBuilder):
-    """SLURP spoken language understanding: recordings, transcripts, intents, scenarios."""
+    """SLURP spoken language understanding: recordings, transcripts, intents, scenarios.
+
+    bad_records="skip" skips and counts unusable recordings (metadata["bad_records"]);
+    "raise" stops at the first one, naming its jsonl line and audio file.
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
@@ -71,6 +67,10 @@ class CwclSlurp(builder_utils.ArrayRecordBuilder):
         "scripts/download_audio.sh and unpack the archives so that manual_dir holds "
         "dataset/slurp/train.jsonl and audio/slurp_real/*.flac."
     )
+
+    def __init__(self, *, bad_records: str = "skip", **kwargs):
+        self.bad_records = builder_utils.check_bad_records_mode(bad_records)
+        super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
@@ -95,7 +95,7 @@ class CwclSlurp(builder_utils.ArrayRecordBuilder):
     def _split_generators(self, dl_manager):
         config = self.builder_config
         root = os.fspath(dl_manager.manual_dir)
-        bad = builder_utils.BadRecords(config.bad_records)
+        bad = builder_utils.BadRecords(self.bad_records)
         splits = {
             split: read_recordings(root, names, bad)
             for split, names in _split_sources(config.synthetic).items()
@@ -204,9 +204,8 @@ def build_slurp_dataset(
     overwrite: bool = False,
 ) -> tfds.core.DatasetBuilder:
     """Prepares `cwcl_slurp/real` (or `/real_and_synth`) from the SLURP release folder."""
-    name = "real_and_synth" if synthetic else "real"
-    config = SlurpConfig(name=name, synthetic=synthetic, bad_records=bad_records)
-    builder = CwclSlurp(config=config, data_dir=os.fspath(data_dir))
+    config = "real_and_synth" if synthetic else "real"
+    builder = CwclSlurp(config=config, data_dir=os.fspath(data_dir), bad_records=bad_records)
     mode = tfds.download.GenerateMode
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(
