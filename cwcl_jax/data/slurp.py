@@ -137,14 +137,20 @@ def read_recordings(root: str, jsonl_names: list[str], bad: builder_utils.BadRec
     """Recordings of the jsonl files `dataset/slurp/<name>` under the SLURP folder `root`."""
     recordings = []
     for name in jsonl_names:
-        path = os.path.join(root, "dataset", "slurp", name)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"SLURP file {path} is missing. {CwclSlurp.MANUAL_DOWNLOAD_INSTRUCTIONS}"
-            )
+        path = _release_file(root, name)
         audio_folder = os.path.join(root, "audio", _AUDIO_FOLDERS[name == _SYNTHETIC_FILE])
         recordings.extend(_recordings_of(path, audio_folder, bad))
     return recordings
+
+
+def _release_file(root: str, jsonl_name: str) -> str:
+    """The path of `dataset/slurp/<jsonl_name>`; FileNotFoundError saying how to get it."""
+    path = os.path.join(root, "dataset", "slurp", jsonl_name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"SLURP file {path} is missing. {CwclSlurp.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        )
+    return path
 
 
 def _recordings_of(
@@ -204,6 +210,9 @@ def build_slurp_dataset(
     overwrite: bool = False,
 ) -> tfds.core.DatasetBuilder:
     """Prepares `cwcl_slurp/real` (or `/real_and_synth`) from the SLURP release folder."""
+    for names in _split_sources(synthetic).values():
+        for name in names:  # Checked here: TFDS's own check only says the folder is empty.
+            _release_file(os.fspath(slurp_dir), name)
     config = "real_and_synth" if synthetic else "real"
     builder = CwclSlurp(config=config, data_dir=os.fspath(data_dir), bad_records=bad_records)
     mode = tfds.download.GenerateMode
