@@ -105,16 +105,26 @@ def _json_number(x: float) -> float | str:
 
 
 class _TensorBoard:
+    """Scalar events TensorBoard reads, written with TF core only.
+
+    `tf.summary.scalar` needs the separate `tensorboard` package; `tf.summary.write` with
+    the "scalars" plugin metadata produces the same events without it.
+    """
+
     def __init__(self, logdir: str):
         import tensorflow as tf  # deferred: TF import costs seconds and only process 0 needs it
+        from tensorflow.core.framework import summary_pb2
 
         self._tf = tf
         self._writer = tf.summary.create_file_writer(logdir)
+        plugin = summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+        self._metadata = summary_pb2.SummaryMetadata(plugin_data=plugin)
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        with self._writer.as_default(step=step):
+        with self._writer.as_default():
             for name, value in scalars.items():
-                self._tf.summary.scalar(name, value)
+                tensor = self._tf.constant(value, self._tf.float32)
+                self._tf.summary.write(name, tensor, step=step, metadata=self._metadata)
         self._writer.flush()
 
     def close(self) -> None:

@@ -1,7 +1,8 @@
 """Device mesh, parameter partition rules and batch sharding.
 
-Parameters are placed by an ordered list of `(regex, strategy)` rules matched against the
-'/'-joined parameter path (first match wins), one list per tree (trainable, frozen):
+Parameters are placed by an ordered list of `(regex, strategy)` rules searched for in the
+'/'-joined parameter path (`re.search`, first match wins; a rule written for a param also
+places its optimizer moments, whose paths end the same), one list per tree:
 
 - `"replicate"`: a full copy on every device.
 - `"fsdp"`: the largest dimension divisible by the `fsdp` axis is split over it (the
@@ -133,7 +134,7 @@ def _leaf_spec(path: str, leaf: Any, mesh: Mesh, rules: Rules) -> P:
     names = leaf.names if isinstance(leaf, nn.Partitioned) else None
     shape = np.shape(leaf.value if isinstance(leaf, nn.Partitioned) else leaf)
     for pattern, strategy in rules:
-        if not re.fullmatch(pattern, path):
+        if not re.search(pattern, path):
             continue
         if strategy == "replicate":
             return P()

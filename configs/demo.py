@@ -1,0 +1,53 @@
+"""Demo: a tiny ViT learns all-MiniLM-L6-v2's text space from `cwcl_shapes` (2 CPU cores).
+
+python -m cwcl_jax.main --config configs/demo.py --workdir /tmp/cwcl_demo
+python -m cwcl_jax.main --config configs/demo.py:tiny ...   # seconds: tests, smoke runs
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from cwcl_jax.config_utils import load_sibling
+
+common = load_sibling(__file__, "common")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config = common.base_config()
+    config.batch_size = 128
+    config.total_steps = 600
+    config.log_every_steps = 20
+    config.checkpoint_every_steps = 200
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.warmup_steps = 50
+
+    config.model.frozen = common.tower("text", path=common.minilm_path())
+    config.model.trainable = common.tower("image", arch="tiny_vit", image_size=64)
+
+    config.data.name = "cwcl_shapes"
+    config.data.features.image = "image"
+    config.data.features.text = "caption"
+    config.data.image_size = 64
+    config.data.max_text_length = 32
+    if arg == "tiny":
+        _tiny(config)
+    elif arg:
+        raise ValueError(f"configs/demo.py: unknown argument {arg!r}; use 'tiny' or nothing")
+    return config
+
+
+def _tiny(config: ml_collections.ConfigDict) -> None:
+    """A few steps on the 256-example dataset with a 2-layer ViT: seconds, for tests."""
+    config.batch_size = 16
+    config.total_steps = 6
+    config.log_every_steps = 2
+    config.checkpoint_every_steps = 3
+    config.optimizer.warmup_steps = 2
+    config.data.name = "cwcl_shapes/tiny"
+    config.data.image_size = 32
+    config.data.max_text_length = 16
+    config.data.read_threads = 1
+    config.model.trainable = common.tower(
+        "image", arch="tiny_vit", image_size=32, num_layers=2, hidden_size=64, mlp_dim=128
+    )

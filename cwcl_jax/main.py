@@ -1,0 +1,144 @@
+"""Entry point: `python -m cwcl_jax.main --config configs/demo.py --workdir DIR`.
+
+Modes: `train` (default; resumes from the workdir's latest checkpoint) and
+`compile_check` (compiles the train step for the configured mesh from abstract inputs,
+without data or weights, and prints the per-device memory XLA reports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from cwcl_jax import checkpointing, distributed, experiment, loop, metrics, sharding, train_step
+from cwcl_jax.config_utils import to_json_dict
+from cwcl_jax.data.pipeline import make_pipeline
+
+MODES = ("train", "compile_check")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:arg]")
+_WORKDIR = flags.DEFINE_string("workdir", None, "metrics, checkpoints, TensorBoard events")
+_MODE = flags.DEFINE_string("mode", "train", f"one of {MODES}")
+_DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                                 "multi-process start-up; see docs/launch.md")  # fmt: skip
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the run")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+flags.mark_flags_as_required(["config", "workdir"])
+flags.register_validator(
+    "mode",
+    lambda mode: mode in MODES,
+    message=f"--mode must be one of {MODES} (zero-shot evaluation, --mode=eval, is not "
+    "available yet)",
+)
+
+
+def _write_config(config, workdir: str) -> dict:
+    config_json = to_json_dict(config)
+    if _is_primary():
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config_json, f, indent=2)
+    return config_json
+
+
+def _is_primary() -> bool:
+    return jax.process_index() == 0
+
+
+def train(config, workdir: str) -> None:
+    """Train to `config.total_steps`, resuming from the latest checkpoint in `workdir`."""
+    exp, frozen_params, trainable_init = experiment.build_experiment(config, with_weights=True)
+    tokenizer = exp.frozen_processor if exp.parts.frozen_key == "text" else None
+    batches = make_pipeline(
+        config.data, split=config.data.train_split, global_batch_size=config.batch_size,
+        mesh=exp.mesh, seed=config.seed, tokenizer=tokenizer,
+    )  # fmt: skip
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints
+    )
+    io = loop.LoopIO(
+        checkpointer=ckpt,
+        writer=metrics.MetricsWriter(workdir, config.total_steps, enabled=_is_primary()),
+        watcher=checkpointing.PreemptionWatcher(),
+        config_json=_write_config(config, workdir),
+    )
+    try:
+        restored = ckpt.restore_latest(experiment.abstract_state(exp))
+        if restored is None:
+            state = experiment.init_state(exp, trainable_init)
+        else:
+            step, state, data_state = restored
+            batches.set_state(data_state)
+            logging.info("Resumed from %s at step %d.", ckpt.directory, step)
+        step_fn = train_step.jit_train_step(
+            exp.parts, exp.state_shardings, exp.frozen_shardings, exp.batch_shardings
+        )
+        _, preempted = loop.train_loop(exp, step_fn, state, frozen_params, batches, io)
+        logging.info("Stopped for preemption." if preempted else "Training done.")
+    finally:
+        ckpt.wait()  # a pending save completes even when the loop raised
+        ckpt.close()
+        io.writer.close()
+        io.watcher.close()
+
+
+def compile_check(config) -> None:
+    """Compile the train step from abstract inputs; print per-device memory and FLOPs."""
+    exp, frozen_params, _ = experiment.build_experiment(config, with_weights=False)
+    step_fn = train_step.jit_train_step(
+        exp.parts, exp.state_shardings, exp.frozen_shardings, exp.batch_shardings
+    )
+    lowered = step_fn.lower(experiment.abstract_state(exp), frozen_params, exp.batch_spec)
+    compiled = lowered.compile()
+    memory = compiled.memory_analysis()
+    cost = compiled.cost_analysis() or {}
+    cost = cost[0] if isinstance(cost, list) else cost
+    gib = lambda n: f"{n / 2**30:.3f} GiB"
+    shards = sharding.num_batch_shards(exp.mesh)
+    per_device = config.batch_size // shards // config.accum_steps
+    lines = [
+        f"mesh {dict(exp.mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} devices",
+        f"batch {config.batch_size} = {shards} shards x {config.accum_steps} micro-batches "
+        f"x {per_device} examples",
+        f"per device: arguments {gib(memory.argument_size_in_bytes)}, outputs "
+        f"{gib(memory.output_size_in_bytes)}, temporaries {gib(memory.temp_size_in_bytes)}, "
+        f"aliased {gib(memory.alias_size_in_bytes)}",
+        f"per device total (args + outputs + temps - aliased): {gib(_total_bytes(memory))}",
+        f"per device FLOPs per step: {cost.get('flops', float('nan')):.4g}",
+    ]
+    print("compile_check OK\n  " + "\n  ".join(lines), flush=True)
+
+
+def _total_bytes(memory) -> int:
+    return (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        + memory.temp_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    distributed.initialize(
+        mode=_DISTRIBUTED.value,
+        coordinator_address=_COORDINATOR.value,
+        num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value,
+    )
+    config = _CONFIG.value
+    if _MODE.value == "compile_check":
+        compile_check(config)
+    else:
+        train(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    sys.exit(app.run(main))
