@@ -72,8 +72,13 @@ class ShapesConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-class CwclShapes(builder_utils.ArrayRecordBuilder):
-    """Procedural shapes with paraphrased captions; labels shape/color/size/position/background."""
+class CwclShapes(tfds.core.GeneratorBasedBuilder):
+    """Procedural shapes with paraphrased captions; labels shape/color/size/position/background.
+
+    Prepared as TFRecord (TFDS's default), so `tfds.load` reads it; the pipeline reads it
+    by index all the same (`sources.TfrecordRecords`). `file_format="array_record"` builds
+    the format `tfds.data_source` needs instead.
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release."}
@@ -115,21 +120,26 @@ class CwclShapes(builder_utils.ArrayRecordBuilder):
 
     def _generate_examples(self, split_id: int, num_examples: int) -> Iterator[tuple[int, dict]]:
         config = self.builder_config
-        for start in range(0, num_examples, _CHUNK):
-            rng = np.random.default_rng([config.seed, split_id, start // _CHUNK])
-            count = min(_CHUNK, num_examples - start)
-            attributes = sample_attributes(rng, count)
-            images = render_images(rng, attributes, config.image_size)
-            for i in range(count):
-                labels = {name: int(values[i]) for name, values in attributes.items()}
-                yield (
-                    start + i,
-                    {
-                        "image": images[i],
-                        "caption": make_caption(rng, **labels),
-                        **labels,
-                    },
-                )
+        starts = range(0, num_examples, _CHUNK)
+        render = lambda start: render_chunk(
+            config, split_id, start, min(_CHUNK, num_examples - start)
+        )
+        # Chunks render in threads (numpy releases the GIL); each has its own seeded rng.
+        chunks = builder_utils.ordered_parallel_map(render, starts, chunk_size=4)
+        for start, examples in zip(starts, chunks, strict=True):
+            yield from enumerate(examples, start)
+
+
+def render_chunk(config: ShapesConfig, split_id: int, start: int, count: int) -> list[dict]:
+    """Examples start..start+count-1 of a split: a pure function of (seed, split, start)."""
+    rng = np.random.default_rng([config.seed, split_id, start])
+    attributes = sample_attributes(rng, count)
+    images, _ = render_images(rng, attributes, config.image_size)
+    examples = []
+    for i in range(count):
+        labels = {name: int(values[i]) for name, values in attributes.items()}
+        examples.append({"image": images[i], "caption": make_caption(rng, **labels), **labels})
+    return examples
 
 
 def sample_attributes(rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
@@ -145,49 +155,57 @@ def sample_attributes(rng: np.random.Generator, count: int) -> dict[str, np.ndar
 
 def render_images(
     rng: np.random.Generator, attributes: dict[str, np.ndarray], size: int
-) -> np.ndarray:
-    """uint8 `[count, size, size, 3]` images of the given attributes (class-index arrays)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images uint8 `[count, size, size, 3]` of the given attributes (class-index arrays),
+    and the shapes' coverage float32 `[count, size, size]` in [0, 1]."""
     count = len(attributes["shape"])
     background = _render_backgrounds(rng, attributes["background"], size)
-    alpha = _render_masks(rng, attributes, size)[..., None]
+    geometry = sample_geometry(rng, attributes, size)
+    alpha = coverage(attributes["shape"], size=size, **geometry)
     base_colors = np.array(list(COLORS.values()), np.float32)[attributes["color"]]
     colors = base_colors + rng.uniform(-12, 12, (count, 3)).astype(np.float32)  # shade jitter
-    image = background * (1 - alpha) + colors[:, None, None, :] * alpha
+    image = background + (colors[:, None, None, :] - background) * alpha[..., None]
     noise_level = rng.uniform(0, 8, (count, 1, 1, 1)).astype(np.float32)
-    image += rng.standard_normal(image.shape, dtype=np.float32) * noise_level
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    image += rng.standard_normal((count, size, size, 1), dtype=np.float32) * noise_level
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), alpha
 
 
-def _render_masks(rng: np.random.Generator, attributes: dict, size: int) -> np.ndarray:
-    """Anti-aliased coverage `[count, size, size]` in [0, 1] of each image's shape."""
+def sample_geometry(rng: np.random.Generator, attributes: dict, size: int) -> dict:
+    """Center `cx, cy`, `radius` (pixels) and rotation `angle` (radians), float32 `[count]`."""
     count = len(attributes["shape"])
     size_names = np.array(SIZES)[attributes["size"]]
     low, high = np.array([_RADIUS_RANGE[s] for s in size_names]).T
-    radius = (rng.uniform(low, high) * size).astype(np.float32)
+    radius = rng.uniform(low, high) * size
     row, col = np.divmod(attributes["position"], 3)
     cell = size / 3
     # Cell center plus jitter, kept so that at least 85% of the radius stays inside the image.
-    cx = np.clip(
-        (col + 0.5) * cell + rng.uniform(-0.25, 0.25, count) * cell,
-        0.85 * radius,
-        size - 0.85 * radius,
-    )
-    cy = np.clip(
-        (row + 0.5) * cell + rng.uniform(-0.25, 0.25, count) * cell,
-        0.85 * radius,
-        size - 0.85 * radius,
-    )
-    angle = rng.uniform(-0.26, 0.26, count).astype(
-        np.float32
-    )  # +-15 degrees keeps squares apart from diamonds
+    cx, cy = ((index + 0.5 + rng.uniform(-0.25, 0.25, count)) * cell for index in (col, row))
+    cx, cy = (np.clip(c, 0.85 * radius, size - 0.85 * radius) for c in (cx, cy))
+    angle = rng.uniform(-0.26, 0.26, count)  # +-15 degrees keeps squares apart from diamonds
+    return {
+        k: v.astype(np.float32) for k, v in dict(cx=cx, cy=cy, radius=radius, angle=angle).items()
+    }
+
+
+def coverage(
+    shapes: np.ndarray,
+    *,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    radius: np.ndarray,
+    angle: np.ndarray,
+    size: int,
+) -> np.ndarray:
+    """Anti-aliased coverage `[count, size, size]` in [0, 1] of shapes (indices into SHAPES)
+    with centers, radii and rotations `[count]` (pixels, radians)."""
     grid = np.arange(size, dtype=np.float32) + 0.5
     dx = grid[None, None, :] - cx[:, None, None]
     dy = grid[None, :, None] - cy[:, None, None]
     cos, sin = np.cos(angle)[:, None, None], np.sin(angle)[:, None, None]
     u, v = dx * cos + dy * sin, -dx * sin + dy * cos
-    distance = np.empty((count, size, size), np.float32)
+    distance = np.empty((len(shapes), size, size), np.float32)
     for index, name in enumerate(SHAPES):
-        chosen = attributes["shape"] == index
+        chosen = shapes == index
         if chosen.any():
             distance[chosen] = _signed_distance(name, u[chosen], v[chosen], radius[chosen])
     return np.clip(distance + 0.5, 0.0, 1.0)

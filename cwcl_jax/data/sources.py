@@ -211,3 +211,4 @@ def index_tfrecord(filename: str) -> tuple[np.ndarray, np.ndarray]:
     if position != size:
         raise ValueError(f"{filename}: truncated TFRecord payload at byte {offsets[-1]}")
     return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
+
