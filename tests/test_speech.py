@@ -18,7 +18,7 @@ from safetensors.numpy import load_file, save_file
 from scipy.special import erf
 
 from cwcl_jax import audio
-from cwcl_jax.models import loading, speech
+from cwcl_jax.models import build_tower, load_pretrained, loading, speech
 
 FIXTURE = Path(__file__).parent / "fixtures" / "whisper_tiny"
 TINY = speech.SpeechConfig(
@@ -28,7 +28,7 @@ TINY = speech.SpeechConfig(
 
 @pytest.fixture(scope="module")
 def whisper():
-    return loading.load_pretrained(FIXTURE)
+    return load_pretrained(FIXTURE)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_loads_whisper_model_layout(tmp_path, whisper):
     }
     save_file(renamed, tmp_path / "model.safetensors")
     shutil.copy(FIXTURE / "config.json", tmp_path / "config.json")
-    pretrained = loading.load_pretrained(tmp_path)
+    pretrained = load_pretrained(tmp_path)
     assert pretrained.processor == audio.LogMelConfig()  # default without preprocessor file
     chex.assert_trees_all_equal(pretrained.params, whisper.params)
 
@@ -327,11 +327,11 @@ def test_every_param_has_logical_axis_names():
 
 @pytest.mark.parametrize("arch, hidden", [("tiny", 128), ("small", 256)])
 def test_build_speech_tower(arch, hidden):
-    module = speech.build_speech_tower(arch, num_layers=1)
+    module = build_tower("speech", arch, num_layers=1)
     inputs = {"mel": jnp.zeros((2, 200, 80)), "mel_mask": jnp.ones((2, 200), jnp.int32)}
     shapes = jax.eval_shape(lambda: module.apply(module.init(jax.random.key(0), inputs), inputs))
     chex.assert_shape(shapes, (2, hidden))
-    assert speech.build_speech_tower(arch, dtype=jnp.bfloat16).config.dtype == jnp.bfloat16
+    assert build_tower("speech", arch, dtype=jnp.bfloat16).config.dtype == jnp.bfloat16
 
 
 # ---- Errors ----
@@ -364,9 +364,9 @@ def test_bad_inputs_errors(inputs, match):
         (lambda: speech.SpeechConfig(position_embedding="rope"), "supported: \\('sinusoidal'"),
         (lambda: speech.SpeechConfig(hidden_size=15, num_heads=1), "must be even"),
         (lambda: speech.SpeechConfig(hidden_size=128, num_heads=3), "not divisible by num_heads"),
-        (lambda: speech.build_speech_tower("huge"), r"supported: \['small', 'tiny'\]"),
+        (lambda: build_tower("speech", "huge"), r"speech/huge; known: .*speech/small"),
         (
-            lambda: speech.build_speech_tower("tiny", hiden_size=3),
+            lambda: build_tower("speech", "tiny", hiden_size=3),
             r"unknown config field\(s\) \['hiden_size'\]",
         ),
     ],
@@ -393,7 +393,7 @@ def test_checkpoint_missing_key_is_named(tmp_path):
     with pytest.raises(
         loading.CheckpointMismatchError, match=r"missing keys:\n  model\.encoder\.conv2\.bias"
     ):
-        loading.load_pretrained(path)
+        load_pretrained(path)
 
 
 def test_checkpoint_shape_mismatch_is_named(tmp_path):
@@ -401,13 +401,13 @@ def test_checkpoint_shape_mismatch_is_named(tmp_path):
     with pytest.raises(
         loading.CheckpointMismatchError, match=r"embed_positions\.weight: checkpoint \(1500, 32\)"
     ):
-        loading.load_pretrained(path)
+        load_pretrained(path)
 
 
 def test_preprocessor_must_agree_with_config(tmp_path):
     path = _fixture_copy(tmp_path, preprocessor_edit={"feature_size": 128})
     with pytest.raises(ValueError, match="feature_size=128 but config.json num_mel_bins=80"):
-        loading.load_pretrained(path)
+        load_pretrained(path)
 
 
 def test_whisper_config_missing_field_is_named(tmp_path):
@@ -416,4 +416,4 @@ def test_whisper_config_missing_field_is_named(tmp_path):
     del config["d_model"]
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="required field 'd_model' is missing"):
-        loading.load_pretrained(path)
+        load_pretrained(path)

@@ -97,7 +97,8 @@ class SpeechConfig:
         )
 
 
-# From-scratch towers for CPU demos (2-4 s keyword clips, 80 mels).
+# From-scratch towers for CPU demos (2-4 s keyword clips, 80 mels); `cwcl_jax.models`
+# registers them as build_tower("speech", name, **SpeechConfig overrides).
 SPEECH_ARCHS: dict[str, SpeechConfig] = {
     "tiny": SpeechConfig(hidden_size=128, num_layers=2, num_heads=4, mlp_dim=512),
     "small": SpeechConfig(hidden_size=256, num_layers=4, num_heads=4, mlp_dim=1024),
@@ -206,14 +207,6 @@ class SpeechEncoder(nn.Module):
         """Mean of the final hidden states over valid encoder frames: float32 [B, hidden]."""
         frames = self.frame_features(inputs, train=train)
         return pool_tokens(frames.astype(jnp.float32), subsample_mask(inputs["mel_mask"]), "mean")
-
-
-def build_speech_tower(arch: str, **overrides: Any) -> SpeechEncoder:
-    """A from-scratch speech tower by name ("tiny", "small"); overrides set SpeechConfig
-    fields, e.g. dtype=jnp.bfloat16, remat=True, n_mels=40."""
-    if arch not in SPEECH_ARCHS:
-        raise ValueError(f"unknown speech arch {arch!r}; supported: {sorted(SPEECH_ARCHS)}")
-    return SpeechEncoder(loading.replace_fields(SPEECH_ARCHS[arch], overrides, f"speech/{arch}"))
 
 
 # ---- Hugging Face Whisper checkpoints ----
