@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from cwcl_jax.eval import gather, plots, results, retrieval, zeroshot
+from cwcl_jax.eval import gather, plots, results, retrieval, two_tower_embed, zeroshot
 from cwcl_jax.eval.results import scalars, summary_table
 from cwcl_jax.eval.tasks import (
     RetrievalTask,
@@ -34,6 +34,7 @@ from cwcl_jax.eval.tasks import (
 
 __all__ = [
     "Evaluator",
+    "ExperimentEvaluator",
     "evaluate",
     "get_eval_config",
     "retrieval_task",
@@ -112,6 +113,83 @@ def evaluate(
         else:
             out[task.name] = _run_retrieval(task, embeddings, labels)
     return {"tasks": out}
+
+
+class ExperimentEvaluator:
+    """Evaluation of a trainer `Experiment`: the eval split of `config.data` through the
+    run's own towers, with `config.eval`'s tasks. Build it before training so a bad eval
+    config fails before step 1; call it with the current params at every eval.
+    """
+
+    def __init__(self, experiment: Any):
+        """experiment: `cwcl_jax.experiment.Experiment` (config, mesh, parts, processor)."""
+        import tensorflow_datasets as tfds  # deferred: heavy, and pure evaluation needs none
+
+        from cwcl_jax import data  # noqa: F401  (registers this project's TFDS builders)
+
+        config = experiment.config
+        if "eval" not in config:
+            raise ValueError("config.eval is missing: add evaluate.get_eval_config() with tasks")
+        self.experiment = experiment
+        parts = experiment.parts
+        self.modalities = (parts.trainable_key, parts.frozen_key)
+        info = tfds.builder(config.data.name, data_dir=config.data.data_dir).info
+        self.evaluator = Evaluator(config.eval, dataset_info=info, modalities=self.modalities)
+        self.tokenizer = self.tokenize = None
+        if "text" in self.modalities:
+            self.tokenizer = _text_tokenizer(experiment)
+            self.tokenize = two_tower_embed.hf_tokenize(self.tokenizer, config.data.max_text_length)
+
+    def __call__(
+        self,
+        params: Any,
+        frozen_params: Any,
+        *,
+        step: int,
+        workdir: str | Path | None = None,
+        writer: Any = None,
+    ) -> dict[str, Any]:
+        """Evaluates `params` (the TwoTower's) -> results; logs scalars to `writer` (a
+        MetricsWriter) and writes the report into `workdir` when given."""
+        from cwcl_jax.data.pipeline import make_pipeline  # deferred: TF and TFDS
+
+        exp, config = self.experiment, self.experiment.config
+        batches = make_pipeline(
+            config.data,
+            split=config.data.eval_split,
+            global_batch_size=config.eval.batch_size,
+            mesh=exp.mesh,
+            seed=config.seed,
+            tokenizer=self.tokenizer,
+            train=False,
+        )
+        embed_batch, embed_texts = two_tower_embed.two_tower_embedders(
+            exp.parts.model,
+            {"params": params},
+            exp.parts.frozen_module,
+            frozen_params,
+            trainable_modality=exp.parts.trainable_key,
+            frozen_modality=exp.parts.frozen_key,
+            tokenize=self.tokenize,
+        )
+        results = self.evaluator(batches, embed_batch=embed_batch, embed_texts=embed_texts)
+        if writer is not None:
+            writer.write(step, scalars(results))
+        if workdir is not None:
+            save_report(results, workdir, step=step)
+        return results
+
+
+def _text_tokenizer(experiment: Any) -> Any:
+    """The tokenizer training used for text: the frozen text tower's, or data.tokenizer."""
+    if experiment.parts.frozen_key == "text":
+        return experiment.frozen_processor
+    name = experiment.config.data.tokenizer
+    if not name:
+        raise ValueError("config.data.tokenizer: a trainable text tower needs a tokenizer dir")
+    import transformers  # deferred: heavy
+
+    return transformers.AutoTokenizer.from_pretrained(name)
 
 
 def save_report(
