@@ -82,6 +82,14 @@ def test_whisper_default_30s_input():
     assert int(out["mel_mask"].numpy().sum()) == 500
 
 
+def test_short_max_frames_gives_whisper_30s_frames():
+    """Padding adds only silence, which moves neither the frames with audio nor the max."""
+    x = _signal("chirp", 15_000)
+    short = audio.log_mel_spectrogram(x, SHORT)["mel"].numpy()
+    whisper = audio.log_mel_spectrogram(x, audio.LogMelConfig())["mel"].numpy()
+    np.testing.assert_array_equal(short, whisper[: SHORT.max_frames])
+
+
 def test_normalization_range():
     mel = audio.log_mel_spectrogram(_signal("noise", 8_000), SHORT)["mel"].numpy()
     # (log10 + 4) / 4 with an 8-decade floor: the spread is at most 2.
