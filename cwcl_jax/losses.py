@@ -86,14 +86,19 @@ def _check_weight_kwargs(weight_kwargs: Mapping[str, Any] | None) -> dict[str, A
 
 
 # ----------------------------------------------------------------------------- weights
+def _unit_rows(frozen: jax.Array) -> jax.Array:
+    """Constant, float32, L2-normalized rows [N, D']: the weight kernels take cosines."""
+    rows = jax.lax.stop_gradient(frozen).astype(F32)
+    return rows / jnp.maximum(jnp.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+
 def _frozen_targets(
-    kind: str, frozen: jax.Array | None, row_offset: Any, n_rows: int, shuffle_seed: int
+    kind: str, unit_frozen: jax.Array, row_offset: Any, n_rows: int, shuffle_seed: int
 ) -> Targets:
-    """Targets of rows row_offset .. + n_rows, built from all frozen embeddings [N, D']."""
+    """Targets of rows row_offset .. + n_rows from all normalized frozen embeddings [N, D']."""
     if kind == "identity":
         return Targets()
-    cols = jax.lax.stop_gradient(frozen).astype(F32)
-    cols = cols / jnp.maximum(jnp.linalg.norm(cols, axis=1, keepdims=True), 1e-12)
+    cols = unit_frozen
     if kind == "shuffled":
         cols = cols[jax.random.permutation(jax.random.key(shuffle_seed), cols.shape[0])]
     if n_rows == cols.shape[0]:
@@ -116,7 +121,7 @@ def similarity_weights(
     _check_weight_kwargs({"exp_temperature": exp_temperature})
     n = frozen.shape[0]
     spec = RowSpec("softmax", kind, exp_temperature)
-    targets = _frozen_targets(kind, frozen, 0, n, shuffle_seed)
+    targets = _frozen_targets(kind, _unit_rows(frozen), 0, n, shuffle_seed)
     return jax.lax.stop_gradient(target_block(spec, targets, jnp.arange(n), n))
 
 
@@ -157,7 +162,8 @@ def cwcl_loss(
         _check_embeddings("frozen", frozen, n)
         _check_kind(weight_kind)
         spec = RowSpec("softmax", weight_kind, kwargs.get("exp_temperature", 0.1))
-        targets = _frozen_targets(weight_kind, frozen, 0, n, kwargs.get("shuffle_seed", 0))
+        seed = kwargs.get("shuffle_seed", 0)
+        targets = _frozen_targets(weight_kind, _unit_rows(frozen), 0, n, seed)
     else:
         spec, targets = RowSpec("softmax", "identity"), Targets()
     total, _ = rows_loss_sum(
@@ -278,7 +284,7 @@ def _direction_kinds(config: LossConfig) -> tuple[str, str]:
 def _two_tower_sums(row_offset, gathered, local, scalars, *, config: LossConfig):
     """Row sums of the two-tower loss and diagnostics for the rows this call owns.
 
-    gathered: (trainable, frozen, frozen_raw) for all N pairs; local: the same for the
+    gathered: (trainable, frozen, unit frozen_raw) for all N pairs; local: the same for the
     n owned rows, which start at global row row_offset; scalars: (tau, bias).
     """
     (p_all, q_all, r_all), (p_rows, q_rows, _), (tau, bias) = gathered, local, scalars
@@ -343,7 +349,7 @@ def two_tower_loss(
     effective_positives (mean over rows of the weighted direction's targets), temperature.
     """
     n, tau, bias = _check_two_tower(trainable, frozen, frozen_raw, temperature, bias, config)
-    arrays = (trainable, frozen, frozen_raw)
+    arrays = (trainable, frozen, _unit_rows(frozen_raw))
     loss_sum, sums = _two_tower_sums(0, arrays, arrays, (tau, bias), config=config)
     return _finalize(loss_sum, sums, n, tau)
 
@@ -364,7 +370,8 @@ def make_sharded_two_tower_loss(
     def loss_fn(trainable, frozen, frozen_raw, *, temperature, bias=None):
         n, tau, bias = _check_two_tower(trainable, frozen, frozen_raw, temperature, bias, config)
         losses_sharded.check_divisible(n, mesh, batch_axes)
-        loss_sum, sums = sharded(trainable, frozen, frozen_raw, tau, bias)
+        # Normalized before the gather, so no device holds a second [N, D'] copy.
+        loss_sum, sums = sharded(trainable, frozen, _unit_rows(frozen_raw), tau, bias)
         return _finalize(loss_sum, sums, n, tau)
 
     return loss_fn

@@ -165,14 +165,23 @@ def _to_blocks(array: jax.Array | None, block: int) -> jax.Array | None:
     return jnp.pad(array, padding).reshape(n_blocks, block, *array.shape[1:])
 
 
-def _scan_blocks(spec, block, anchors, candidates, tau, bias, targets, row_offset, with_grads):
-    """Scan over row blocks; with_grads also accumulates d(loss sum)/d(inputs)."""
+def _scan_blocks(spec, block, anchors, candidates, tau, bias, targets, row_offset, wanted):
+    """Scan over row blocks -> (loss sum, diagnostics), plus gradients unless wanted is None.
+
+    wanted = (anchors?, candidates?): which input gradients to compute. The gradients are
+    (d/d anchors or None, d/d candidates or None, d/d tau, d/d bias) of the loss sum.
+    """
     n_rows, n_cols = anchors.shape[0], candidates.shape[0]
     anchor_blocks = _to_blocks(anchors, block)
     local_ids = jnp.arange(anchor_blocks.shape[0] * block).reshape(-1, block)
     row_targets = Targets(
         _to_blocks(targets.frozen_rows, block), None, _to_blocks(targets.weights_rows, block)
     )
+    zero = jnp.zeros_like(tau)  # under shard_map, as per-device (varying) as the inputs
+    init = (zero, dict.fromkeys(("correct", "target_entropy", "effective"), zero))
+    if wanted is not None:
+        grad_cand = jnp.zeros_like(candidates, F32) if wanted[1] else None
+        init = (init, (grad_cand, zero, zero))
 
     def step(carry, xs):
         anchor_blk, targets_blk, ids = xs
@@ -185,25 +194,27 @@ def _scan_blocks(spec, block, anchors, candidates, tau, bias, targets, row_offse
         def terms(x, tau, bias):
             return _block_terms(spec, x, tau, bias, weights, row_ids, valid)
 
-        if not with_grads:
+        if wanted is None:
             return _tree_add(carry, terms(x, tau, bias)), None
         loss, vjp, diagnostics = jax.vjp(terms, x, tau, bias, has_aux=True)
         grad_x, grad_tau, grad_bias = vjp(jnp.ones_like(loss))
         grad_x = grad_x.astype(candidates.dtype)
-        grad_anchor = jnp.einsum("bn,nd->bd", grad_x, candidates, preferred_element_type=F32)
-        grad_cand = jnp.einsum("bn,bd->nd", grad_x, anchor_blk, preferred_element_type=F32)
+        grad_anchor = grad_cand = None
+        if wanted[0]:
+            grad_anchor = jnp.einsum("bn,nd->bd", grad_x, candidates, preferred_element_type=F32)
+        if wanted[1]:
+            grad_cand = jnp.einsum("bn,bd->nd", grad_x, anchor_blk, preferred_element_type=F32)
         update = ((loss, diagnostics), (grad_cand, grad_tau, grad_bias))
         return _tree_add(carry, update), grad_anchor
 
-    zero = jnp.zeros_like(tau)  # under shard_map, as per-device (varying) as the inputs
-    init = (zero, dict.fromkeys(("correct", "target_entropy", "effective"), zero))
-    if with_grads:
-        init = (init, (jnp.zeros_like(candidates, F32), zero, zero))
     carry, grad_anchor_blocks = jax.lax.scan(step, init, (anchor_blocks, row_targets, local_ids))
-    if not with_grads:
+    if wanted is None:
         return carry
-    grad_anchor = grad_anchor_blocks.reshape(-1, anchors.shape[1])[:n_rows]
-    return carry[0], (grad_anchor, *carry[1])
+    (loss_and_diagnostics, (grad_cand, grad_tau, grad_bias)) = carry
+    grad_anchor = None
+    if wanted[0]:
+        grad_anchor = grad_anchor_blocks.reshape(-1, anchors.shape[1])[:n_rows]
+    return loss_and_diagnostics, (grad_anchor, grad_cand, grad_tau, grad_bias)
 
 
 def _tree_add(a, b):
@@ -212,22 +223,33 @@ def _tree_add(a, b):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _blockwise(spec, block, anchors, candidates, tau, bias, targets, row_offset):
-    return _scan_blocks(spec, block, anchors, candidates, tau, bias, targets, row_offset, False)
+    return _scan_blocks(spec, block, anchors, candidates, tau, bias, targets, row_offset, None)
 
 
 def _blockwise_fwd(spec, block, anchors, candidates, tau, bias, targets, row_offset):
+    # With symbolic_zeros, primals arrive as CustomVJPPrimal(value, perturbed): gradients
+    # nobody asked for (e.g. of frozen-tower candidates) cost no matrix product.
+    wanted = (anchors.perturbed, candidates.perturbed)
+    primals = (anchors, candidates, tau, bias)
+    anchors, candidates, tau, bias = (p.value for p in primals)
+    targets, row_offset = jax.tree.map(lambda p: p.value, (targets, row_offset))
     out, grads = _scan_blocks(
-        spec, block, anchors, candidates, tau, bias, targets, row_offset, with_grads=True
+        spec, block, anchors, candidates, tau, bias, targets, row_offset, wanted
     )
-    dtypes = (anchors.dtype, candidates.dtype, tau.dtype, bias.dtype)
-    return out, tuple(g.astype(d) for g, d in zip(grads, dtypes, strict=True))
+    grads = tuple(
+        g.astype(p.value.dtype) if p.perturbed else None
+        for g, p in zip(grads, primals, strict=True)
+    )
+    return out, grads
 
 
 def _blockwise_bwd(spec, block, grads, cotangents):
     # Targets are constants and the diagnostics are declared non-differentiable: only the
     # loss cotangent matters, and the gradients were computed in the forward scan.
     scale = cotangents[0]
-    return (*((scale * g).astype(g.dtype) for g in grads), None, None)
+    if isinstance(scale, jax.custom_derivatives.SymbolicZero):
+        return (None,) * 6
+    return (*(None if g is None else (scale * g).astype(g.dtype) for g in grads), None, None)
 
 
-_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd)
+_blockwise.defvjp(_blockwise_fwd, _blockwise_bwd, symbolic_zeros=True)
