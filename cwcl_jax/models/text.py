@@ -274,15 +274,36 @@ def _build_text_encoder(roberta: bool) -> Callable[..., TextEncoder]:
     return build
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "vocab.json",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+
+
 def load_tokenizer(checkpoint_dir: Path, config: dict) -> Any:
-    """AutoTokenizer of the directory, truncating at sentence-transformers' max_seq_length."""
-    del config
+    """AutoTokenizer of the directory, truncating at sentence-transformers' max_seq_length.
+
+    Checks that tokenizer files exist (transformers would otherwise build an empty
+    vocabulary) and that token ids fit the embedding table (JAX clamps out-of-range ids).
+    """
     from transformers import AutoTokenizer
 
+    if not any((checkpoint_dir / name).is_file() for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{checkpoint_dir} has no tokenizer files (one of {', '.join(TOKENIZER_FILES)})"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(checkpoint_dir))
     except (OSError, ValueError, TypeError) as e:
         raise ValueError(f"{checkpoint_dir}: cannot load its tokenizer files: {e}") from e
+    if len(tokenizer) > config["vocab_size"]:
+        raise ValueError(
+            f"{checkpoint_dir}: the tokenizer has {len(tokenizer)} tokens, more than "
+            f"config.json vocab_size={config['vocab_size']}"
+        )
     st_config = checkpoint_dir / "sentence_bert_config.json"
     if st_config.is_file():
         max_length = loading.read_json(st_config).get("max_seq_length")
