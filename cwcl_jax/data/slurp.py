@@ -63,9 +63,10 @@ class CwclSlurp(builder_utils.ArrayRecordBuilder):
         SlurpConfig(name="real_and_synth", synthetic=True, description="Plus synthetic train."),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
-        "Clone https://github.com/pswietojanski/slurp (for dataset/slurp/*.jsonl), run its "
-        "scripts/download_audio.sh and unpack the archives so that manual_dir holds "
-        "dataset/slurp/train.jsonl and audio/slurp_real/*.flac."
+        "Clone https://github.com/pswietojanski/slurp (dataset/slurp/*.jsonl), run its "
+        "scripts/download_audio.sh there and unpack the archives with "
+        "`tar -xzf audio/slurp_real.tar.gz -C audio` (and slurp_synth.tar.gz), so that "
+        "manual_dir holds dataset/slurp/train.jsonl and audio/slurp_real/*.flac."
     )
 
     def __init__(self, *, bad_records: str = "skip", **kwargs):
