@@ -1,8 +1,13 @@
 """Zero-shot evaluation for the training loop and `--mode=eval`.
 
+    evaluator = ExperimentEvaluator(experiment)           # before step 1: config errors
+    results = evaluator(state.params, frozen_params, step=step, workdir=workdir, writer=writer)
+
+or, with any embedding functions and eval batches:
+
     evaluator = Evaluator(config.eval, dataset_info=info, modalities=("image", "text"))
     results = evaluator(eval_batches, embed_batch=embed_batch, embed_texts=embed_texts)
-    writer.write_scalars(step, scalars(results))          # every eval_every_steps
+    writer.write(step, scalars(results))                  # metrics.jsonl, TensorBoard
     save_report(results, workdir, step=step)              # eval_results.json + PNG plots
 
 `embed_batch(batch) -> {modality: [B, D]}` embeds every modality of a (sharded, padded)
@@ -45,7 +50,7 @@ __all__ = [
 ]
 
 EmbedBatch = Callable[[dict[str, Any]], Mapping[str, Any]]
-EmbedTexts = Callable[[list[str]], np.ndarray]
+EmbedTexts = Callable[[list[str]], np.ndarray] | None
 RESULTS_FILE = "eval_results.json"
 
 
@@ -99,6 +104,8 @@ def evaluate(
     valid_key: str = "valid",
 ) -> dict[str, Any]:
     """Embeds all eval batches once, then scores every task. Returns {"tasks": {name: ...}}."""
+    if embed_texts is None and any(isinstance(t, ZeroShotTask) for t in tasks):
+        raise ValueError("zero-shot tasks need embed_texts (a text tower); got None")
     collected = gather.collect(
         lambda batch: _needed_embeddings(tasks, embed_batch(batch)),
         batches,

@@ -164,6 +164,19 @@ def test_bad_task_config_names_the_field(task, match):
         tasks.resolve_tasks(eval_tasks(t=task), modalities=("image", "text"))
 
 
+def test_zeroshot_without_text_tower_is_an_error():
+    task = evaluate.zeroshot_task("intent", "speech", class_names="x.txt")
+    with pytest.raises(ValueError, match="t: zero-shot prompts need a text tower"):
+        tasks.resolve_tasks(eval_tasks(t=task), modalities=("speech", "image"))
+    with pytest.raises(ValueError, match="zero-shot tasks need embed_texts"):
+        evaluate.evaluate(
+            [tasks.ZeroShotTask("t", "y", "image", ("a",), ("{}",))],
+            [],
+            embed_batch=dict,
+            embed_texts=None,
+        )
+
+
 def test_bad_template_in_task_names_the_field(tmp_path):
     (tmp_path / "names.txt").write_text("a\nb\n")
     task = evaluate.zeroshot_task(

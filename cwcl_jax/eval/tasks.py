@@ -123,6 +123,8 @@ def _resolve_one(name, task, dataset_info, modalities, field) -> Task:
             ks=ks,
         )
     query_modality = _check_modality(task, "query_modality", modalities, field)
+    if "text" not in modalities:
+        raise ValueError(f"{field}: zero-shot prompts need a text tower; the data has {modalities}")
     label_key = task.get("label_key")
     if not label_key:
         raise ValueError(f"{field}.label_key is required for a zeroshot task")
