@@ -170,7 +170,7 @@ class LocalBatches:
         self._prefetch, self._read_threads = prefetch, read_threads
         self._next_step = 0
         self._iterator = None
-        self._failure: BaseException | None = None
+        self._failures: dict[int, BaseException] = {}  # step -> error of its reading thread
         self._lock = threading.Lock()
         self.bad_records = 0
 
@@ -191,8 +191,8 @@ class LocalBatches:
         try:
             batch = next(self._iterator)
         except tf.errors.OpError:
-            if self._failure is not None:  # the reading thread's own error, not TF's wrapper
-                raise self._failure from None
+            if self._next_step in self._failures:  # the reading thread's error, not TF's wrapper
+                raise self._failures[self._next_step] from None
             raise
         self._next_step += 1
         return batch
@@ -235,7 +235,7 @@ class LocalBatches:
             batch = self._read_batch(int(step))
             return tuple(batch[name] for name in self._signature)
         except BaseException as e:  # re-raised as is by __next__, not as a TF error
-            self._failure = e
+            self._failures[int(step)] = e
             raise
 
     def _read_batch(self, step: int) -> dict[str, np.ndarray]:

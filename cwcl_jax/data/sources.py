@@ -197,8 +197,7 @@ def index_tfrecord(filename: str) -> tuple[np.ndarray, np.ndarray]:
     """Payload offsets and lengths (int64 `[num_records]`) of a TFRecord file."""
     offsets, lengths = [], []
     with tf.io.gfile.GFile(filename, "rb") as f:
-        size = f.size()
-        position = 0
+        size, position = f.size(), 0
         while position < size:
             header = f.read(_HEADER.size)
             if len(header) != _HEADER.size:
@@ -207,8 +206,10 @@ def index_tfrecord(filename: str) -> tuple[np.ndarray, np.ndarray]:
             offsets.append(position + _HEADER.size)
             lengths.append(length)
             position += _HEADER.size + length + _FOOTER_BYTES
+            if position > size:
+                raise ValueError(
+                    f"{filename}: truncated TFRecord payload of record {len(offsets) - 1} "
+                    f"(byte {offsets[-1]})"
+                )
             f.seek(position)
-    if position != size:
-        raise ValueError(f"{filename}: truncated TFRecord payload at byte {offsets[-1]}")
     return np.asarray(offsets, np.int64), np.asarray(lengths, np.int64)
-
