@@ -47,7 +47,7 @@ def test_splits_and_the_missing_recording(real):
     }
     bad = real.info.metadata["bad_records"]
     assert bad["count"] == 1
-    assert "train.jsonl:5 (audio-missing.flac): audio file not found" in bad["first"][0]
+    assert "train.jsonl:5 (audio-missing.flac): file not found" in bad["first"][0]
 
 
 def test_examples_match_the_release_files(real):
@@ -90,7 +90,7 @@ def test_synthetic_train_recordings(tmp_path):
 
 
 def test_raise_mode_names_the_missing_recording(tmp_path):
-    with pytest.raises(ValueError, match=r"train\.jsonl:5 \(audio-missing\.flac\): audio file"):
+    with pytest.raises(ValueError, match=r"train\.jsonl:5 \(audio-missing\.flac\): file not found"):
         slurp.build_slurp_dataset(FIXTURE, tmp_path, bad_records="raise")
 
 

@@ -156,3 +156,15 @@ def load_16k(path: str | os.PathLike) -> np.ndarray:
     """Reads an audio file and resamples it to 16 kHz: float32 [T]."""
     waveform, rate = read_audio(path)
     return resample(waveform, rate, SAMPLE_RATE)
+
+
+def load_16k_int16(path: str | os.PathLike) -> np.ndarray:
+    """The builders' stored form of an audio file: int16 [T] at 16 kHz.
+
+    Raises ValueError when the file is undecodable, empty or has non-finite samples.
+    """
+    waveform = load_16k(path)
+    problem = waveform_problem(waveform)
+    if problem:
+        raise ValueError(problem)
+    return to_int16(waveform)

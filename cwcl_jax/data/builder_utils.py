@@ -54,6 +54,16 @@ def ordered_parallel_map(
             yield from pool.map(fn, chunk)
 
 
+def load_or_reason(load: Callable[[str], _Out], path: str) -> tuple[_Out | None, str | None]:
+    """(load(path), None), or (None, why not) for a missing file or a ValueError."""
+    if not os.path.isfile(path):
+        return None, f"file not found: {path}"
+    try:
+        return load(path), None
+    except ValueError as e:
+        return None, str(e)
+
+
 def check_bad_records_mode(mode: str) -> str:
     """Returns `mode` if it is "skip" or "raise", else raises ValueError naming bad_records."""
     if mode not in BAD_RECORD_MODES:

@@ -97,8 +97,10 @@ class CwclManifest(builder_utils.ArrayRecordBuilder):
 
     def _generate_examples(self, records: list[records_lib.Record], bad: builder_utils.BadRecords):
         modality = self.builder_config.modality
-        load = _load_image if modality == "image" else _load_audio
-        examples = builder_utils.ordered_parallel_map(lambda r: (r, _try(load, r)), records)
+        load = _load_image if modality == "image" else audio_files.load_16k_int16
+        examples = builder_utils.ordered_parallel_map(
+            lambda r: (r, builder_utils.load_or_reason(load, r.path)), records
+        )
         for record, (media, problem) in examples:
             if problem is not None:
                 bad.report(f"{record.location} ({record.media})", problem)
@@ -128,34 +130,18 @@ def _check_audio_decodable(records: list[records_lib.Record]) -> None:
             raise ImportError(audio_files.FLAC_HELP.format(path=record.path))
 
 
-def _try(load, record: records_lib.Record):
-    """(loaded media, None) or (None, why the record is bad)."""
-    if not os.path.isfile(record.path):
-        return None, f"file not found: {record.path}"
-    try:
-        return load(record.path)
-    except (ValueError, tf.errors.OpError) as e:
-        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
-def _load_image(path: str):
-    """Encoded bytes when already 8-bit RGB JPEG/PNG, else an RGB uint8 array [H, W, 3]."""
+def _load_image(path: str) -> bytes | np.ndarray:
+    """The file's bytes when they are 8-bit RGB JPEG/PNG, else RGB uint8 [H, W, 3]."""
     with open(path, "rb") as f:
         raw = f.read()
-    try:
+    try:  # uint8 output: 16-bit PNGs are scaled down by TF.
         image = tf.io.decode_image(raw, expand_animations=False).numpy()
     except tf.errors.OpError as e:
         raise ValueError(f"undecodable image: {_tf_error_text(e)}") from e
-    if image.dtype != np.uint8:
-        image = (image.astype(np.float64) * 255.0 / np.iinfo(image.dtype).max).round()
-        image = image.astype(np.uint8)
-    elif image.shape[-1] == 3 and _is_jpeg_or_8bit_png(raw):
-        return raw, None
-    if image.size == 0:
-        raise ValueError("empty image")
-    channels = image.shape[-1]
-    rgb = image[..., :3] if channels >= 3 else np.repeat(image[..., :1], 3, axis=-1)
-    return np.ascontiguousarray(rgb), None
+    if image.shape[-1] == 3 and _is_jpeg_or_8bit_png(raw):
+        return raw
+    rgb = image[..., :3] if image.shape[-1] >= 3 else np.repeat(image[..., :1], 3, axis=-1)
+    return np.ascontiguousarray(rgb)
 
 
 def _tf_error_text(error: tf.errors.OpError) -> str:
@@ -169,12 +155,6 @@ def _is_jpeg_or_8bit_png(raw: bytes) -> bool:
         return True
     # PNG IHDR: bit depth at byte 24.
     return raw.startswith(b"\x89PNG\r\n\x1a\n") and len(raw) > 24 and raw[24] == 8
-
-
-def _load_audio(path: str):
-    waveform = audio_files.load_16k(path)
-    problem = audio_files.waveform_problem(waveform)
-    return (None, problem) if problem else (audio_files.to_int16(waveform), None)
 
 
 def build_manifest_dataset(

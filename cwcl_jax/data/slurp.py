@@ -108,7 +108,10 @@ class CwclSlurp(builder_utils.ArrayRecordBuilder):
         return {split: self._generate_examples(recs, bad) for split, recs in splits.items()}
 
     def _generate_examples(self, recordings: list[Recording], bad: builder_utils.BadRecords):
-        loaded = builder_utils.ordered_parallel_map(lambda r: (r, _load(r)), recordings)
+        loaded = builder_utils.ordered_parallel_map(
+            lambda r: (r, builder_utils.load_or_reason(audio_files.load_16k_int16, r.path)),
+            recordings,
+        )
         for recording, (audio, problem) in loaded:
             if problem is not None:
                 bad.report(f"{recording.location} ({recording.file})", problem)
@@ -188,18 +191,6 @@ def _check_decodable(recordings: list[Recording]) -> None:
     for recording in recordings:
         if not recording.path.endswith(".wav") and os.path.exists(recording.path):
             raise ImportError(audio_files.FLAC_HELP.format(path=recording.path))
-
-
-def _load(recording: Recording):
-    """(int16 waveform [T] at 16 kHz, None) or (None, why the recording is unusable)."""
-    if not os.path.isfile(recording.path):
-        return None, f"audio file not found: {recording.path}"
-    try:
-        waveform = audio_files.load_16k(recording.path)
-    except ValueError as e:
-        return None, str(e)
-    problem = audio_files.waveform_problem(waveform)
-    return (None, problem) if problem else (audio_files.to_int16(waveform), None)
 
 
 def build_slurp_dataset(
