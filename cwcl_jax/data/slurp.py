@@ -101,8 +101,8 @@ class CwclSlurp(builder_utils.ArrayRecordBuilder):
             split: read_recordings(root, names, bad)
             for split, names in _split_sources(config.synthetic).items()
         }
-        _check_decodable([r for recordings in splits.values() for r in recordings])
         everything = [r for recordings in splits.values() for r in recordings]
+        _check_decodable(everything)
         self.info.features["intent"].names = sorted({r.intent for r in everything})
         self.info.features["scenario"].names = sorted({r.scenario for r in everything})
         return {split: self._generate_examples(recs, bad) for split, recs in splits.items()}
@@ -164,24 +164,34 @@ def _recordings_of(
         for line_number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
+            location = f"{path}:{line_number}"
             try:
-                entry = json.loads(line)
-                text, intent = entry["sentence"].strip(), entry["intent"]
-                scenario, files = entry.get("scenario") or intent.split("_")[0], entry["recordings"]
-                slurp_id = int(entry.get("slurp_id", -1))
-                names = [recording["file"] for recording in files]
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
-                bad.report(f"{path}:{line_number}", f"malformed SLURP entry ({e!r})")
+                text, intent, scenario, slurp_id, files = _parse_entry(line)
+            except ValueError as e:
+                bad.report(location, str(e))
                 continue
-            if not text:
-                bad.report(f"{path}:{line_number}", "empty sentence")
-                continue
-            for name in names:
+            for name in files:
                 media = os.path.join(audio_folder, name)
                 wav = os.path.splitext(media)[0] + ".wav"
                 audio = wav if os.path.exists(wav) else media
-                location = f"{path}:{line_number}"
                 yield Recording(location, name, audio, text, intent, scenario, slurp_id)
+
+
+def _parse_entry(line: str) -> tuple[str, str, str, int, list[str]]:
+    """(sentence, intent, scenario, slurp_id, recording files) of one jsonl line."""
+    try:
+        entry = json.loads(line)
+        text, intent = entry["sentence"].strip(), entry["intent"]
+        scenario = entry.get("scenario") or intent.split("_")[0]
+        files = [recording["file"] for recording in entry["recordings"]]
+        slurp_id = int(entry.get("slurp_id", -1))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ValueError(f"malformed SLURP entry ({e!r})") from e
+    if not text:
+        raise ValueError("empty sentence")
+    if not all(isinstance(value, str) for value in (intent, scenario, *files)):
+        raise ValueError("malformed SLURP entry (intent, scenario and files must be strings)")
+    return text, intent, scenario, slurp_id, files
 
 
 def _check_decodable(recordings: list[Recording]) -> None:
