@@ -16,11 +16,7 @@ def class_names(
     readable=True turns identifiers into words ("alarm_set" -> "alarm set") for prompts.
     Raises ValueError naming the key when it is missing or not a ClassLabel.
     """
-    info = (
-        builder_or_info
-        if isinstance(builder_or_info, tfds.core.DatasetInfo)
-        else (builder_or_info.info)
-    )
+    info = getattr(builder_or_info, "info", builder_or_info)
     features = info.features
     if label_key not in features:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Parsing a user's pair manifest (JSONL or CSV) into records, and tracking bad records.
+"""Parsing a user's pair manifest (JSONL or CSV) into records.
 
 A manifest holds one pair per line: a media path under `image` or `audio`, a caption or
 transcript under `text`, and optionally a `split` (default "train"). Relative media paths
