@@ -2,7 +2,8 @@
 
 In-process: 8 simulated CPU devices (conftest). Slow: two CPU processes joined by
 jax.distributed, each holding half of every global batch (the multi-host path of
-`process_allgather`). Run as a script, this file is that worker.
+`process_allgather`), first with fixed embeddings, then with a real TwoTower whose params
+are sharded over both processes. Run as a script, this file is that worker.
 """
 
 import json
@@ -234,7 +235,7 @@ def test_two_process_eval_matches_unsharded_numpy(tmp_path):
         )
         for pid in range(2)
     ]
-    logs = [w.communicate(timeout=240)[0] for w in workers]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
     for worker, log in zip(workers, logs, strict=True):
         assert worker.returncode == 0, log
     # Every process computed the same results; only process 0 wrote the report.
@@ -244,6 +245,43 @@ def test_two_process_eval_matches_unsharded_numpy(tmp_path):
     written = json.loads((tmp_path / "report" / "eval_results.json").read_text())
     assert written["step"] == 3
     assert not (tmp_path / "report_1").exists()
+    # A real TwoTower with params sharded over both processes and prompts embedded by jit.
+    two_tower = [json.loads((tmp_path / f"two_tower_{pid}.json").read_text()) for pid in range(2)]
+    assert two_tower[0] == two_tower[1]
+    assert two_tower[0] == two_tower_eval(two_tower_batches(), tmp_path / "files_ref")
+
+
+def two_tower_batches() -> list[dict]:
+    import test_evaluate_two_tower as tt
+
+    return [tt.make_batch(seed) for seed in (1, 2)]
+
+
+def two_tower_eval(batches: list[dict], files_dir: Path, place=lambda tree: tree) -> dict:
+    """Zero-shot and retrieval with the tiny frozen-text TwoTower of the two-tower tests."""
+    import test_evaluate_two_tower as tt
+
+    from cwcl_jax import evaluate
+    from cwcl_jax.eval.two_tower_embed import two_tower_embedders
+
+    model, variables, frozen_module, frozen_params, _ = tt.build(text_is_frozen=True)
+    embed_batch, embed_texts = two_tower_embedders(
+        model, place(variables), frozen_module, place(frozen_params),
+        trainable_modality="image", frozen_modality="text", tokenize=tt.tokenize,
+    )  # fmt: skip
+    files_dir.mkdir(parents=True, exist_ok=True)
+    (files_dir / "names.txt").write_text("circle\nsquare\nstar\ncross\n")
+    (files_dir / "templates.txt").write_text("a {}\na photo of the {}\n")  # words tt knows
+    config = evaluate.get_eval_config()
+    config.tasks.shape = evaluate.zeroshot_task(
+        "shape",
+        "image",
+        templates=str(files_dir / "templates.txt"),
+        class_names=str(files_dir / "names.txt"),
+    )
+    config.tasks.caption = evaluate.retrieval_task("image", "text")
+    evaluator = evaluate.Evaluator(config, modalities=("image", "text"))
+    return evaluator(batches, embed_batch=embed_batch, embed_texts=embed_texts)
 
 
 def _worker(process_id: int, port: int, out_dir: Path) -> None:
@@ -266,6 +304,27 @@ def _worker(process_id: int, port: int, out_dir: Path) -> None:
     (out_dir / f"results_{process_id}.json").write_text(json.dumps(results))
     report = out_dir / ("report" if process_id == 0 else "report_1")
     evaluate.save_report(results, report, step=3)
+
+    def place(tree):
+        """Params sharded over both processes: the last axis over "data" where 8 divides it."""
+        mesh_spec = jax.sharding.PartitionSpec
+
+        def put(x):
+            x = np.asarray(x)
+            split = x.ndim > 0 and x.shape[-1] % 8 == 0
+            spec = mesh_spec(*[None] * (x.ndim - 1), "data") if split else mesh_spec()
+            sharding_ = jax.sharding.NamedSharding(mesh, spec)
+            return jax.make_array_from_callback(x.shape, sharding_, lambda index: x[index])
+
+        return jax.tree.map(put, tree)
+
+    local = two_tower_batches()
+    tt_batches = [
+        jax.tree.map(lambda x: jax.make_array_from_process_local_data(spec, x[half], x.shape), b)
+        for b in local
+    ]
+    two_tower = two_tower_eval(tt_batches, out_dir / f"files_tt_{process_id}", place)
+    (out_dir / f"two_tower_{process_id}.json").write_text(json.dumps(two_tower))
 
 
 if __name__ == "__main__":
