@@ -182,7 +182,7 @@ class TfrecordRecords:
         serialized: dict[int, bytes] = {}
         for shard in np.unique(shard_of):
             filename, offsets, lengths = self._shards[shard]
-            with tf.io.gfile.GFile(filename, "rb") as f:
+            with _open_for_random_reads(filename) as f:
                 for position in np.flatnonzero(shard_of == shard):
                     row = indices[position] - self._starts[shard]
                     f.seek(int(offsets[row]))
@@ -191,6 +191,13 @@ class TfrecordRecords:
             self._features.deserialize_example_np(serialized[p], decoders=self._decoders)
             for p in range(len(indices))
         ]
+
+
+def _open_for_random_reads(filename: str):
+    # GFile refills a large read-ahead buffer after every seek; local files read unbuffered.
+    if "://" in filename:
+        return tf.io.gfile.GFile(filename, "rb")
+    return open(filename, "rb", buffering=0)  # noqa: SIM115  (closed by the caller's with)
 
 
 def index_tfrecord(filename: str) -> tuple[np.ndarray, np.ndarray]:
