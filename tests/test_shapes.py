@@ -17,7 +17,7 @@ _AREA_OVER_R2 = {
     "circle": np.pi,
     "square": 2.0,  # side r * sqrt(2)
     "triangle": 3 * np.sqrt(3) / 4,
-    "diamond": 2.0 * 0.65,  # a square on its corner, squeezed to 65% width
+    "diamond": 2.0 * 0.65,  # a square on its corner, squeezed to 65% of its width
     "pentagon": 2.5 * np.sin(2 * np.pi / 5),
     "hexagon": 3 * np.sqrt(3) / 2,
     "star": 5 * 0.45 * np.sin(np.pi / 5),  # n * R * r_inner * sin(pi / n)

@@ -175,10 +175,10 @@ class Collator:
 
 
 def _pad_stack(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-pads arrays to the largest in every leading dim except the last for images.
+    """Stacks images `[h, w, 3]` or waveforms `[samples]`, zero-padded to the largest.
 
-    Returns the stacked `[n, *max_shape]` array and the original shapes `[n, rank or 2]`
-    (height and width for images, length for waveforms), int32.
+    Returns the stack `[count, max_h, max_w, 3]` or `[count, max_samples]` and the original
+    sizes, int32 `[count, 2]` (h, w) or `[count, 1]` (samples).
     """
     spatial = 2 if arrays[0].ndim == 3 else 1
     shapes = np.array([a.shape[:spatial] for a in arrays], np.int32)

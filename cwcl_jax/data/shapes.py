@@ -12,6 +12,7 @@ output is a deterministic function of the config's seed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Iterator
 
@@ -49,16 +50,16 @@ BACKGROUNDS = ("plain", "gradient", "stripes", "checkers", "blotches")
 
 # Shape radius as a fraction of the image side, per size class.
 _RADIUS_RANGE = {"small": (0.10, 0.14), "medium": (0.17, 0.22), "large": (0.25, 0.31)}
-# (number of outer vertices, inner radius / outer radius, rotation of the first vertex):
-# a regular k-gon is a "star" whose inner vertices sit on the edge midpoints.
+# Regular polygons: (sides, angle of the first vertex); a diamond is a squeezed square.
 _POLYGONS = {
-    "triangle": (3, np.cos(np.pi / 3), -np.pi / 2),
-    "square": (4, np.cos(np.pi / 4), np.pi / 4),
-    "diamond": (4, np.cos(np.pi / 4), 0.0),
-    "pentagon": (5, np.cos(np.pi / 5), -np.pi / 2),
-    "hexagon": (6, np.cos(np.pi / 6), 0.0),
-    "star": (5, 0.45, -np.pi / 2),
+    "triangle": (3, -np.pi / 2),
+    "square": (4, np.pi / 4),
+    "diamond": (4, 0.0),
+    "pentagon": (5, -np.pi / 2),
+    "hexagon": (6, 0.0),
 }
+_DIAMOND_WIDTH = 0.65
+_STAR_POINTS, _STAR_INNER_RATIO = 5, 0.45
 _CHUNK = 256  # images rendered per vectorized call; fixed so output does not depend on it
 
 
@@ -221,29 +222,37 @@ def _signed_distance(name: str, u: np.ndarray, v: np.ndarray, radius: np.ndarray
         horizontal = np.minimum(half_width - np.abs(v), r - np.abs(u))
         vertical = np.minimum(half_width - np.abs(u), r - np.abs(v))
         return np.maximum(horizontal, vertical)
-    points, inner_ratio, first_vertex = _POLYGONS[name]
+    if name == "star":
+        return _star_distance(u, v, r)
+    sides, first_vertex = _POLYGONS[name]
     if name == "diamond":
-        u = u / 0.65  # a rhombus: narrower than tall
-    return _star_distance(u, v, r, points, inner_ratio, first_vertex)
+        u = u / _DIAMOND_WIDTH
+    return _polygon_distance(u, v, r, sides, first_vertex)
 
 
-def _star_distance(u, v, r, points: int, inner_ratio: float, first_vertex: float) -> np.ndarray:
-    """Signed distance to a star polygon with `points` outer vertices at radius r.
+def _polygon_distance(u, v, r, sides: int, first_vertex: float) -> np.ndarray:
+    """Regular polygon of circumradius r: the apothem minus the largest projection on the
+    edges' outward normals (exact inside, a lower bound outside; trig-free per pixel)."""
+    normals = first_vertex + np.pi / sides * (1 + 2 * np.arange(sides))
+    projection = functools.reduce(np.maximum, (u * np.cos(a) + v * np.sin(a) for a in normals))
+    return r * np.cos(np.pi / sides) - projection
 
-    Folding the angle into [0, pi/points] (measured from the nearest outer vertex) leaves a
-    single edge, from the outer vertex O to the inner vertex I, to test against.
+
+def _star_distance(u, v, r) -> np.ndarray:
+    """Five-pointed star of outer radius r, first point up.
+
+    Folding the angle into [0, pi/5] (measured from the nearest outer vertex) leaves one
+    edge, from the outer vertex O = (r, 0) to the inner vertex I, to measure against.
     """
-    sector = 2 * np.pi / points
-    phi = np.mod(np.arctan2(v, u) - first_vertex, sector)
+    sector = 2 * np.pi / _STAR_POINTS
+    phi = np.mod(np.arctan2(v, u) + np.pi / 2, sector)
     phi = np.minimum(phi, sector - phi)
     rho = np.hypot(u, v)
     px, py = rho * np.cos(phi), rho * np.sin(phi)
-    ox, oy = r, 0.0 * r
-    ix, iy = inner_ratio * r * np.cos(sector / 2), inner_ratio * r * np.sin(sector / 2)
-    ex, ey = ix - ox, iy - oy
-    # Normal of the edge pointing to the center: cross(e, P - O) has the center's sign.
-    norm = np.hypot(ex, ey)
-    return ((px - ox) * ey - (py - oy) * ex) / norm * np.sign(-ox * ey + oy * ex)
+    ex = _STAR_INNER_RATIO * np.cos(sector / 2) * r - r  # edge vector I - O
+    ey = _STAR_INNER_RATIO * np.sin(sector / 2) * r
+    # cross(I - O, P - O) / |I - O|: positive on the center's side of the edge.
+    return (ex * py - ey * (px - r)) / np.hypot(ex, ey)
 
 
 def _render_backgrounds(rng: np.random.Generator, kinds: np.ndarray, size: int) -> np.ndarray:

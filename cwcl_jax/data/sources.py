@@ -115,15 +115,12 @@ def feature_at(features: tfds.features.FeaturesDict, path: str, name: str) -> An
 
 
 def _feature_paths(features: Any, prefix: str = "") -> list[str]:
+    """Every leaf feature's "/"-separated path, for error messages."""
     if isinstance(features, tfds.features.Sequence):
         features = features.feature
     if not isinstance(features, tfds.features.FeaturesDict):
-        return [prefix]
-    return (
-        [path for key in features for path in _feature_paths(features[key], f"{prefix}{key}/")]
-        if features.keys()
-        else [prefix]
-    )
+        return [prefix.rstrip("/")]
+    return [path for key in features for path in _feature_paths(features[key], f"{prefix}{key}/")]
 
 
 def _skip_decoding(paths: Sequence[str]) -> dict:
