@@ -443,6 +443,14 @@ def test_catalog_dataset_under_mock_data_with_feature_keys():
     assert set(batch) == {"speech", "index"}
 
 
+def test_a_missing_dataset_is_built_on_first_use_unless_prepare_is_off(tmp_path):
+    with pytest.raises(ValueError, match="is not prepared in .* and data.prepare is False"):
+        local(speech_config(str(tmp_path), prepare=False), global_batch_size=4)
+    batch = next(local(speech_config(str(tmp_path)), global_batch_size=4))
+    chex.assert_shape(batch["speech"]["mel_mask"], (4, 50))
+    assert tfds.builder("pipeline_test_speech", data_dir=tmp_path).is_prepared()
+
+
 # --- global batches and errors -------------------------------------------------------------
 
 
