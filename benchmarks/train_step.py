@@ -94,7 +94,7 @@ def main() -> None:
         lambda p: train_step._embed_trainable(parts, p, trainable_inputs, key).sum()
     ))  # fmt: skip
     frozen_forward = jax.jit(lambda f: frozen_features(parts.frozen_module, f, frozen_inputs))
-    params = holder["state"].params
+    params = jax.tree.map(jnp.copy, holder["state"].params)  # the step donates the state
     parts_flops = flops_of(tower_grad, params) + flops_of(frozen_forward, frozen_params)
 
     t_step = median_seconds(run_step, args.repeats)

@@ -2,8 +2,8 @@
 initialized from a Whisper encoder (whisper-small's: 768 wide, 12 layers), CWCL, global
 batch 16000, AdamW lr 1e-3.
 
-Target: 128 chips as data 8 x fsdp 16, accum_steps=5 (16000 = 128 x 5 x 25), 10 s
-utterances (1000 mel frames). Compile check without weights or data:
+Target: 128 chips as data 8 x fsdp 16, accum_steps=25 (16000 = 128 x 25 x 5), 10 s
+utterances (1000 mel frames): about 4 GiB per device by XLA's estimate. Compile check without weights or data:
 
   JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=128 \\
   python -m cwcl_jax.main --config configs/speech_cwcl.py --workdir /tmp/c --mode=compile_check
@@ -35,7 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     config = common.base_config()
     config.batch_size = 16000
-    config.accum_steps = 5
+    config.accum_steps = 25
     config.total_steps = 20_000
     config.log_every_steps = 50
     config.checkpoint_every_steps = 1000

@@ -110,7 +110,8 @@ def compile_check(config) -> None:
         f"{gib(memory.output_size_in_bytes)}, temporaries {gib(memory.temp_size_in_bytes)}, "
         f"aliased {gib(memory.alias_size_in_bytes)}",
         f"per device total (args + outputs + temps - aliased): {gib(_total_bytes(memory))}",
-        f"per device FLOPs per step: {cost.get('flops', float('nan')):.4g}",
+        f"per device FLOPs per step by XLA's cost analysis (loop bodies such as the "
+        f"micro-batch scan counted once): {cost.get('flops', float('nan')):.4g}",
     ]
     print("compile_check OK\n  " + "\n  ".join(lines), flush=True)
 
