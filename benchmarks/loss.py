@@ -14,6 +14,8 @@ subprocess, because the device count must be set before jax is imported.
 """
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import statistics
@@ -106,27 +108,38 @@ def single_device_rows(n: int, dim: int, block: int, repeats: int) -> list[dict]
     ]
 
 
-def sharded_memory(n: int, dim: int, block: int) -> dict:
-    """Per-device temp memory of the sharded two-tower loss+grad vs single-device blockwise."""
+DEVICES = 8
+
+
+def two_tower_temp(n: int, dim: int, block: int, mesh=None) -> float:
+    """Compiled temp bytes (per device) of two-tower loss + d/d(trainable, temperature)."""
     config = LossConfig(block_size=block)
-    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
-    sharded = make_sharded_two_tower_loss(mesh, config, batch_axes=("data",))
-    single = lambda p, q, r, t: two_tower_loss(p, q, r, temperature=t, config=config)[0]
-    per_device = lambda p, q, r, t: sharded(p, q, r, temperature=t)[0]
-    grad = lambda f: jax.jit(jax.value_and_grad(f, argnums=(0, 3)))
-    spec = jax.ShapeDtypeStruct((n, dim), jnp.float32)
-    _, single_temp = compile_with_memory(grad(single), (spec, spec, spec, 0.1))
-    rows = jax.ShapeDtypeStruct((n, dim), jnp.float32, sharding=NamedSharding(mesh, P("data")))
-    with jax.set_mesh(mesh):
-        _, sharded_temp = compile_with_memory(grad(per_device), (rows, rows, rows, 0.1))
+    if mesh is None:
+        loss_fn = functools.partial(two_tower_loss, config=config)
+        spec = jax.ShapeDtypeStruct((n, dim), jnp.float32)
+    else:
+        loss_fn = make_sharded_two_tower_loss(mesh, config, batch_axes=("data",))
+        spec = jax.ShapeDtypeStruct((n, dim), jnp.float32, sharding=NamedSharding(mesh, P("data")))
+    loss = lambda p, q, r, t: loss_fn(p, q, r, temperature=t)[0]
+    step = jax.jit(jax.value_and_grad(loss, argnums=(0, 3)))
+    with jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext():
+        return compile_with_memory(step, (spec, spec, spec, 0.1))[1]
+
+
+def sharded_memory(n: int, dim: int, block: int) -> dict:
+    """Per-device temp of the sharded loss (blocks of `block` and of block / DEVICES rows
+    per device) against the single-device blockwise loss and the target."""
+    mesh = jax.make_mesh((DEVICES,), ("data",), axis_types=(AxisType.Auto,))
+    single = two_tower_temp(n, dim, block)
     gathered = 3 * n * dim * 4  # trainable, frozen and frozen_raw, all N rows, float32
     return {
         "n": n,
-        "devices": 8,
-        "single_blockwise_temp_mib": single_temp / MIB,
-        "sharded_temp_per_device_mib": sharded_temp / MIB,
+        "block": block,
+        "single_mib": single / MIB,
+        "sharded_mib": two_tower_temp(n, dim, block, mesh) / MIB,
+        "sharded_small_mib": two_tower_temp(n, dim, block // DEVICES, mesh) / MIB,
         "gathered_mib": gathered / MIB,
-        "target_mib": (single_temp / 4 + gathered) / MIB,
+        "target_mib": (single / 4 + gathered) / MIB,
     }
 
 
@@ -146,17 +159,16 @@ def print_single(rows: list[dict], dim: int, block: int, repeats: int) -> None:
         )
 
 
-def print_sharded(result: dict) -> None:
-    print(
-        f"\ntwo_tower_loss fwd+bwd (default cwcl, blockwise), N = {result['n']}, "
-        f"{result['devices']} simulated CPU devices, per-device temporary memory:"
-    )
-    print(f"  single-device blockwise temp      {result['single_blockwise_temp_mib']:8.1f} MiB")
-    print(f"  sharded temp per device           {result['sharded_temp_per_device_mib']:8.1f} MiB")
-    print(
-        f"  target: single/4 + gathered {result['gathered_mib']:5.1f} = "
-        f"{result['target_mib']:8.1f} MiB"
-    )
+def print_sharded(r: dict) -> None:
+    print(f"\ntwo_tower_loss fwd+bwd (default cwcl, blockwise), N = {r['n']}, temporary memory")
+    rows = [
+        (f"1 device, block {r['block']}", r["single_mib"]),
+        (f"{DEVICES} devices, block {r['block']} per device", r["sharded_mib"]),
+        (f"{DEVICES} devices, block {r['block'] // DEVICES} per device", r["sharded_small_mib"]),
+        (f"target: 1 device / 4 + gathered {r['gathered_mib']:.1f}", r["target_mib"]),
+    ]
+    for label, mib in rows:
+        print(f"  {label:45s} {mib:8.1f} MiB")
 
 
 def run_sharded_child(n: int, dim: int, block: int) -> dict:
