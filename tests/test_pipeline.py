@@ -497,9 +497,13 @@ def test_configuration_errors_name_the_field(data_dir, tokenizer, overrides, kwa
         local(config, tokenizer, **kwargs)
 
 
-def test_text_without_a_tokenizer_is_an_error(data_dir):
+def test_tokenizer_from_the_config_path_or_an_error(data_dir, tokenizer):
     with pytest.raises(ValueError, match="text modality needs a tokenizer"):
         local(shapes_config(data_dir))
+    with pytest.raises(ValueError, match="data.tokenizer='/no/such/dir': cannot load it"):
+        local(shapes_config(data_dir, tokenizer="/no/such/dir"))
+    by_path = local(shapes_config(data_dir, tokenizer=tokenizer.name_or_path))
+    assert_batches_equal([next(by_path)], [next(local(shapes_config(data_dir), tokenizer))])
 
 
 def test_batch_that_does_not_divide_over_devices_is_an_error(data_dir, tokenizer):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -87,7 +88,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     return config
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)  # reading threads may straddle two epochs
 def _epoch_order(seed: int, epoch: int, num_examples: int, shuffle: bool) -> np.ndarray:
     if not shuffle:
         return np.arange(num_examples)
@@ -542,12 +543,12 @@ def _tokenizer(tokenizer: Any, config: ml_collections.ConfigDict) -> Any:
     if isinstance(tokenizer, str):
         import transformers  # deferred: heavy, and only text pipelines need it
 
+        if not os.path.isdir(tokenizer):  # a hub name would download: local dirs only
+            raise ValueError(f"data.tokenizer={tokenizer!r}: cannot load it: not a directory")
         try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
         except (OSError, ValueError) as e:
-            raise ValueError(
-                f"data.tokenizer={tokenizer!r}: cannot load a tokenizer: {e}"
-            ) from None
+            raise ValueError(f"data.tokenizer={tokenizer!r}: cannot load it: {e}") from None
     return tokenizer
 
 
