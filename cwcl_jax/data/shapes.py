@@ -266,8 +266,8 @@ def _render_backgrounds(rng: np.random.Generator, kinds: np.ndarray, size: int) 
     along = x * np.cos(direction) + y * np.sin(direction)
     frequency = rng.uniform(3, 7, (count, 1, 1)).astype(np.float32)
     texture = np.zeros((count, size, size), np.float32)
-    plain, gradient, stripes, checkers, blotches = (kinds == i for i in range(len(BACKGROUNDS)))
-    del plain  # stays flat
+    # "plain" (index 0) keeps a zero texture.
+    _, gradient, stripes, checkers, blotches = (kinds == i for i in range(len(BACKGROUNDS)))
     texture[gradient] = (along[gradient] - 0.5) * 50
     texture[stripes] = 18 * np.sign(np.sin(2 * np.pi * frequency[stripes] * along[stripes]))
     cells = np.floor(x * frequency) + np.floor(y * frequency)
