@@ -338,13 +338,24 @@ def _round_up_pow2(n: int, cap: int) -> int:
     return min(1 << max(n - 1, 0).bit_length(), cap)
 
 
+def _padded_batch(token_lists: list[list[int]], rows: int, cols: int, pad_id: int) -> dict:
+    """Token id lists -> {"input_ids", "attention_mask"} int32 [rows, cols], right-padded."""
+    ids = np.full((rows, cols), pad_id, np.int32)
+    mask = np.zeros((rows, cols), np.int32)
+    for row, tokens in enumerate(token_lists):
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def make_text_encoder(
     pretrained: loading.Pretrained, *, batch_size: int = 256, max_length: int | None = None
 ) -> Callable[[Sequence[str]], np.ndarray]:
     """A function texts -> float32 [n, hidden] running the tower jit-compiled in batches.
 
-    Sequences are padded to power-of-two lengths and batches to fixed sizes, so a few
-    compiled shapes serve every call.
+    As sentence-transformers does, texts are sorted by length so each batch holds similar
+    lengths; batches are padded to power-of-two lengths and row counts, so a few compiled
+    shapes serve every call.
     """
     if pretrained.modality != "text":
         raise ValueError(f"{pretrained.source} is a {pretrained.modality} tower, not a text tower")
@@ -354,27 +365,26 @@ def make_text_encoder(
     max_length = min(max_length or tokenizer.model_max_length, module.config.max_positions)
     apply = jax.jit(lambda params, inputs: module.apply({"params": params}, inputs))
 
-    def encode_batch(texts: list[str]) -> np.ndarray:
-        tokens = tokenizer(texts, truncation=True, max_length=max_length, padding=True)
-        ids, mask = np.asarray(tokens["input_ids"]), np.asarray(tokens["attention_mask"])
-        rows = _round_up_pow2(len(texts), batch_size)
-        cols = _round_up_pow2(ids.shape[1], max_length)
-        pad = ((0, rows - ids.shape[0]), (0, cols - ids.shape[1]))
-        inputs = {
-            "input_ids": np.pad(ids, pad, constant_values=tokenizer.pad_token_id).astype(np.int32),
-            "attention_mask": np.pad(mask, pad).astype(np.int32),
-        }
-        return np.asarray(apply(pretrained.params, inputs))[: len(texts)]
+    def encode_batch(token_lists: list[list[int]]) -> np.ndarray:
+        rows = _round_up_pow2(len(token_lists), batch_size)
+        cols = _round_up_pow2(max(map(len, token_lists)), max_length)
+        inputs = _padded_batch(token_lists, rows, cols, tokenizer.pad_token_id)
+        return np.asarray(apply(pretrained.params, inputs))[: len(token_lists)]
 
     def encode(texts: Sequence[str]) -> np.ndarray:
         texts = [texts] if isinstance(texts, str) else list(texts)
         bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if bad:
             raise ValueError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]])}")
+        embeddings = np.zeros((len(texts), module.config.hidden_size), np.float32)
         if not texts:
-            return np.zeros((0, module.config.hidden_size), np.float32)
-        chunks = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
-        return np.concatenate([encode_batch(chunk) for chunk in chunks])
+            return embeddings
+        token_lists = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        order = np.argsort([len(tokens) for tokens in token_lists], kind="stable")
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            embeddings[rows] = encode_batch([token_lists[i] for i in rows])
+        return embeddings
 
     return encode
 
