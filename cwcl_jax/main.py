@@ -8,6 +8,7 @@ without data or weights, and prints the per-device memory XLA reports).
 from __future__ import annotations
 
 import json
+import logging as pylogging
 import os
 import sys
 
@@ -125,9 +126,15 @@ def _total_bytes(memory) -> int:
     )
 
 
+def _quiet_orbax(record: pylogging.LogRecord) -> bool:
+    """Orbax logs a dozen INFO lines per save; keep its warnings and errors only."""
+    return record.levelno > pylogging.INFO or f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_quiet_orbax)
     distributed.initialize(
         mode=_DISTRIBUTED.value,
         coordinator_address=_COORDINATOR.value,

@@ -1,6 +1,7 @@
 """The entry point end to end on the tiny demo config: workdir contents, resume, flags,
 SIGTERM and SIGKILL (exact resume), compile_check."""
 
+import io
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from cwcl_jax import checkpointing, experiment, main
+from cwcl_jax import checkpointing, experiment, main, metrics
 from cwcl_jax.config_utils import load_sibling
 
 REPO = Path(__file__).resolve().parent.parent
@@ -172,3 +173,42 @@ def test_compile_check_prints_memory(capsys, data_dir):
     assert "compile_check OK" in out
     assert "batch 16 = 8 shards x 2 micro-batches x 1 examples" in out
     assert "per device total" in out and "FLOPs per step" in out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_metrics_writer_progress_bar_and_json(tmp_path):
+    stream = _Terminal()
+    writer = metrics.MetricsWriter(tmp_path, total_steps=4, tensorboard=False, stream=stream)
+    writer.write(2, {"loss": np.float32(1.5), "accuracy_t2f": 0.25})
+    writer.write(4, {"loss": float("nan")})
+    writer.close()
+    assert "\r[############............] 2/4 loss=1.5 accuracy_t2f=0.25" in stream.getvalue()
+    assert "\r[########################] 4/4 loss=nan" in stream.getvalue()
+    assert _records(str(tmp_path)) == [
+        {"step": 2, "loss": 1.5, "accuracy_t2f": 0.25},
+        {"step": 4, "loss": "nan"},  # JSON has no NaN: kept valid as a string
+    ]
+    silent = metrics.MetricsWriter(tmp_path / "other", total_steps=4, enabled=False)
+    silent.write(1, {"loss": 1.0})
+    assert not (tmp_path / "other").exists()
+
+
+def test_trainable_tower_initialized_from_pretrained_checkpoint():
+    """speech_cwcl's path: the trainable tower starts from a Whisper encoder's weights."""
+    from cwcl_jax.models import load_pretrained
+
+    whisper = str(REPO / "tests" / "fixtures" / "whisper_tiny")
+    config = load_sibling(DEMO, "demo_speech").get_config("tiny")
+    config.model.trainable.path = whisper
+    config.model.trainable.arch = ""
+    config.model.trainable.overrides = {}
+    exp, _, trainable_init = experiment.build_experiment(config, with_weights=True)
+    state = experiment.init_state(exp, trainable_init)
+    expected = load_pretrained(whisper).params
+    got = state.params["trainable_tower"]
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
