@@ -3,7 +3,8 @@ initialized from a Whisper encoder (whisper-small's: 768 wide, 12 layers), CWCL,
 batch 16000, AdamW lr 1e-3.
 
 Target: 128 chips as data 8 x fsdp 16, accum_steps=25 (16000 = 128 x 25 x 5), 10 s
-utterances (1000 mel frames): about 4 GiB per device by XLA's estimate. Compile check without weights or data:
+utterances (1000 mel frames): about 4 GiB per device by XLA's estimate. Compile check
+without weights or data:
 
   JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=128 \\
   python -m cwcl_jax.main --config configs/speech_cwcl.py --workdir /tmp/c --mode=compile_check
