@@ -17,9 +17,9 @@ SLURP_AUDIO = os.path.join(os.path.dirname(__file__), "fixtures", "slurp_tiny", 
 SLURP_FLAC = os.path.join(SLURP_AUDIO, "slurp_real", "audio-00010-headset.flac")
 
 
-def _by_path(builder, split):
-    source = builder.as_data_source(split=split)
-    return {source[i]["path"].decode(): source[i] for i in range(len(source))}
+def _by_path(builder, split, decoders=None):
+    examples = tfds.as_numpy(builder.as_dataset(split=split, decoders=decoders))
+    return {example["path"].decode(): example for example in examples}
 
 
 def _fixture_image(name: str) -> np.ndarray:
@@ -59,12 +59,30 @@ def test_images_are_stored_as_rgb(images_builder):
 
 
 def test_rgb_jpeg_bytes_are_kept_as_they_are(images_builder):
-    source = images_builder.as_data_source(
-        split="test", decoders={"image": tfds.decode.SkipDecoding()}
-    )
-    stored = {source[i]["path"]: source[i]["image"] for i in range(len(source))}
+    stored = _by_path(images_builder, "test", decoders={"image": tfds.decode.SkipDecoding()})
     with open(os.path.join(FIXTURE, "images", "blue.jpg"), "rb") as f:
-        assert stored[b"images/blue.jpg"] == f.read()
+        assert stored["images/blue.jpg"]["image"] == f.read()
+
+
+def test_tfds_load_reads_the_built_dataset(images_builder):
+    # As a user would, with cwcl_jax.data imported.
+    assert images_builder.info.file_format.value == "tfrecord"
+    train = tfds.load("cwcl_manifest/img", data_dir=images_builder.data_dir_root, split="train")
+    examples = {e["path"].decode(): e for e in train.as_numpy_iterator()}
+    assert sorted(examples) == ["images/gray.png", "images/red.png"]
+    assert examples["images/red.png"]["text"] == b"a red square on black"
+    np.testing.assert_array_equal(examples["images/red.png"]["image"], _fixture_image("red.png"))
+
+
+def test_array_record_on_request(tmp_path):
+    config = manifest.ManifestConfig(name="ar", manifest=os.path.join(FIXTURE, "images.csv"))
+    builder = manifest.CwclManifest(
+        config=config, data_dir=str(tmp_path), file_format="array_record"
+    )
+    builder.download_and_prepare()
+    assert builder.info.file_format.value == "array_record"
+    source = builder.as_data_source(split="train")
+    assert [source[i]["text"] for i in range(len(source))] == [b"a red square, on black"]
 
 
 def test_csv_manifest_with_quoted_text(tmp_path):

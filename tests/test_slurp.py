@@ -8,6 +8,7 @@ import wave
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from cwcl_jax.data import audio_files, labels, slurp
 
@@ -29,8 +30,7 @@ def _wav_samples(folder: str, file: str) -> np.ndarray:
 
 
 def _examples(builder, split):
-    source = builder.as_data_source(split=split)
-    return [source[i] for i in range(len(source))]
+    return list(tfds.as_numpy(builder.as_dataset(split=split)))
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,19 @@ def test_examples_match_the_release_files(real):
             assert example["slurp_id"] == entry["slurp_id"]
             expected = _wav_samples("slurp_real", example["recording"].decode())
             np.testing.assert_array_equal(example["audio"], expected)
+
+
+def test_tfds_load_reads_the_built_dataset(real):
+    # As a user would, with cwcl_jax.data imported.
+    assert real.info.file_format.value == "tfrecord"
+    test = tfds.load("cwcl_slurp/real", data_dir=real.data_dir_root, split="test")
+    examples = list(test.as_numpy_iterator())
+    listed = _listed("test.jsonl")
+    assert sorted(e["recording"].decode() for e in examples) == sorted(listed)
+    for example in examples:
+        assert example["text"].decode() == listed[example["recording"].decode()]["sentence"]
+        expected = _wav_samples("slurp_real", example["recording"].decode())
+        np.testing.assert_array_equal(example["audio"], expected)
 
 
 def test_class_names_come_from_every_split(real):

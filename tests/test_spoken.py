@@ -113,8 +113,8 @@ def _build(data_dir):
 
 
 def _read_all(builder, split):
-    source = builder.as_data_source(split=split)
-    return sorted((source[i] for i in range(len(source))), key=lambda e: e["text"])
+    examples = tfds.as_numpy(builder.as_dataset(split=split))
+    return sorted(examples, key=lambda e: e["text"])
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +167,17 @@ def test_class_names_helper():
 
 def test_registered_with_tfds():
     assert "cwcl_spoken" in tfds.list_builders(with_community_datasets=False)
+
+
+@needs_espeak
+def test_tfds_load_prepares_and_reads_keywords_tiny(tmp_path):
+    # As a user would, with cwcl_jax.data imported: tfds.load builds it, then reads it.
+    test = tfds.load("cwcl_spoken/keywords_tiny", data_dir=str(tmp_path), split="test")
+    examples = list(test.as_numpy_iterator())
+    builder = tfds.builder("cwcl_spoken/keywords_tiny", data_dir=str(tmp_path))
+    assert builder.info.file_format.value == "tfrecord"
+    assert sorted(e["keyword"] for e in examples) == list(range(len(spoken_text.KEYWORDS)))
+    for example in examples:
+        assert example["text"].decode() == spoken_text.KEYWORDS[example["keyword"]]
+        assert example["audio"].dtype == np.int16
+        assert len(example["audio"]) > 0.2 * audio_files.SAMPLE_RATE

@@ -1,4 +1,4 @@
-"""Shared pieces of this package's TFDS builders: array_record output, parallel loading."""
+"""Shared pieces of this package's TFDS builders: parallel loading, bad-record handling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-import tensorflow_datasets as tfds
 from absl import logging
 
 _In = TypeVar("_In")
@@ -16,17 +15,6 @@ _Out = TypeVar("_Out")
 
 BAD_RECORD_MODES = ("skip", "raise")
 _LOGGED_BAD_RECORDS = 20  # Logged one by one; the rest only counted.
-
-
-class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A GeneratorBasedBuilder that writes array_record files unless told otherwise.
-
-    array_record gives the pipeline random access by index (`tfds.data_source`), which
-    is what makes shuffling and exact resume cheap.
-    """
-
-    def __init__(self, *, file_format: str | None = None, **kwargs):
-        super().__init__(file_format=file_format or "array_record", **kwargs)
 
 
 def default_workers() -> int:

@@ -4,10 +4,12 @@ One command converts a manifest (see `manifest_records` for the format) into a d
 
     python -m cwcl_jax.data.manifest pairs.jsonl --data_dir ~/tensorflow_datasets --name mine
 
-after which `tfds.data_source("cwcl_manifest/mine", data_dir=..., split="train")` reads it
-(with `cwcl_jax.data` imported). Images are validated by decoding and stored as RGB;
-audio is read (WAV: stdlib, FLAC: soundfile), mixed to mono and resampled to 16 kHz int16.
-Bad records are skipped and counted in the dataset's metadata, or raise, by `bad_records`.
+after which `tfds.load("cwcl_manifest/mine", data_dir=..., split="train")` reads it (with
+`cwcl_jax.data` imported), as does the pipeline, by index. It is prepared as TFRecord
+(TFDS's default); `file_format="array_record"` is accepted as for any builder. Images are
+validated by decoding and stored as RGB; audio is read (WAV: stdlib, FLAC: soundfile),
+mixed to mono and resampled to 16 kHz int16. Bad records are skipped and counted in the
+dataset's metadata, or raise, by `bad_records`.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class ManifestConfig(tfds.core.BuilderConfig):
             )
 
 
-class CwclManifest(builder_utils.ArrayRecordBuilder):
+class CwclManifest(tfds.core.GeneratorBasedBuilder):
     """Image-text or audio-text pairs listed in a local JSONL or CSV manifest.
 
     bad_records="skip" skips and counts unusable records (metadata["bad_records"]);
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{split}: {info.num_examples} examples")
     bad = builder.info.metadata.get("bad_records", {"count": 0})
     print(f"skipped bad records: {bad['count']}")
-    print(f"read with tfds.data_source('cwcl_manifest/{args.name}', data_dir='{args.data_dir}')")
+    print(f"read with tfds.load('cwcl_manifest/{args.name}', data_dir='{args.data_dir}')")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ manual_dir is the SLURP release: `dataset/slurp/{train,devel,test}.jsonl` (and
 `train_synthetic.jsonl`) from the SLURP repository, and `audio/slurp_real/*.flac` (and
 `audio/slurp_synth/`) from its audio archives. Every recording is one example: `audio`
 (int16, 16 kHz), `text` (the sentence), `intent` and `scenario` labels with their names.
+Prepared as TFRecord (TFDS's default), read by `tfds.load("cwcl_slurp/real", ...)` and by
+the pipeline, by index; `file_format="array_record"` is accepted as for any builder.
 
 FLAC needs `soundfile`; a `.wav` file with the same stem beside a `.flac` is used instead
 when present, so converted copies work without it. One command:
@@ -49,7 +51,7 @@ class SlurpConfig(tfds.core.BuilderConfig):
     synthetic: bool = False
 
 
-class CwclSlurp(builder_utils.ArrayRecordBuilder):
+class CwclSlurp(tfds.core.GeneratorBasedBuilder):
     """SLURP spoken language understanding: recordings, transcripts, intents, scenarios.
 
     bad_records="skip" skips and counts unusable recordings (metadata["bad_records"]);

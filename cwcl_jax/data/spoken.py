@@ -4,9 +4,11 @@ Configs: `intents` (SLURP-style commands, label `intent`) and `keywords` (single
 Commands words, label `keyword`), each with a `_tiny` variant for tests. Every example is a
 pure function of (seed, split, index), so the dataset is deterministic however many
 synthesis workers run; labels cycle through the classes, so every split is balanced.
+Prepared as TFRecord (TFDS's default), so `tfds.load` reads it and the pipeline reads it by
+index (`sources.open_split`); `file_format="array_record"` is accepted as for any builder.
 
     import cwcl_jax.data, tensorflow_datasets as tfds
-    source = tfds.data_source("cwcl_spoken/intents", data_dir=..., split="test")
+    test = tfds.load("cwcl_spoken/intents", data_dir=..., split="test")
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def synthesize_example(config: SpokenConfig, split: str, index: int) -> dict:
     return {"audio": audio_files.to_int16(waveform), "text": text, config.label_key: label}
 
 
-class CwclSpoken(builder_utils.ArrayRecordBuilder):
+class CwclSpoken(tfds.core.GeneratorBasedBuilder):
     """Spoken commands (intents) and keywords, synthesized offline by espeak-ng."""
 
     VERSION = tfds.core.Version("1.0.0")
