@@ -28,7 +28,6 @@ import jax.numpy as jnp
 
 F32 = jnp.float32
 KERNELS = ("paper", "exp", "identity", "shuffled")
-ROW_LOSSES = ("softmax", "sigmoid")
 
 
 @dataclasses.dataclass(frozen=True)
