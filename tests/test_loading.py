@@ -99,6 +99,8 @@ def test_mismatches_are_all_reported_by_name_in_one_error(checkpoint):
         del tensors["encoder.layer.0.attention.self.key.bias"]
         tensors["encoder.layer.0.attention.self.extra.weight"] = np.zeros(2, np.float32)
         tensors["embeddings.LayerNorm.weight"] = np.ones(31, np.float32)
+        fc1 = "encoder.layer.1.intermediate.dense.weight"
+        tensors[fc1] = tensors[fc1].T  # same size, transposed: must not be reshaped away
         return tensors
 
     rewrite_tensors(checkpoint, corrupt)
@@ -108,6 +110,10 @@ def test_mismatches_are_all_reported_by_name_in_one_error(checkpoint):
     assert "1 missing keys:\n  encoder.layer.0.attention.self.key.bias" in message
     assert "1 unexpected keys:\n  encoder.layer.0.attention.self.extra.weight" in message
     assert "embeddings.LayerNorm.weight: checkpoint (31,), model expects (32,)" in message
+    assert (
+        "encoder.layer.1.intermediate.dense.weight: checkpoint (32, 64) ((64, 32) in Flax "
+        "layout), model expects (32, 64) for encoder/layer_1/mlp/fc1/kernel" in message
+    )
 
 
 def test_pooler_weights_are_required_only_for_pooler_pooling(checkpoint):

@@ -50,8 +50,9 @@ def conv1d(x: np.ndarray) -> np.ndarray:
 class Rule:
     """Flax param path (regex over "a/b/kernel") -> checkpoint name (`re.Match.expand`).
 
-    After `transform`, a tensor whose size matches the Flax param is reshaped to it, so
-    fused head layouts ([embed, heads * kv] -> [embed, heads, kv]) need no extra rule.
+    After `transform`, a tensor of another rank but the same size as the Flax param is
+    reshaped to it, so fused head layouts ([embed, heads * kv] -> [embed, heads, kv]) need
+    no extra rule.
     """
 
     pattern: str
@@ -238,10 +239,14 @@ def convert_params(
             continue
         used.add(name)
         value = transform(tensors[name])
-        if value.shape != tuple(spec.shape) and value.size != math.prod(spec.shape):
+        # Only a change of rank may reshape (fused heads, [1, 1, D] tokens): a same-rank
+        # shape difference is a real mismatch, never silently reinterpreted.
+        reshapable = value.ndim != len(spec.shape) and value.size == math.prod(spec.shape)
+        if value.shape != tuple(spec.shape) and not reshapable:
+            stored = tuple(tensors[name].shape)
+            layout = f" ({value.shape} in Flax layout)" if value.shape != stored else ""
             mismatched.append(
-                f"{name}: checkpoint {tuple(tensors[name].shape)}, "
-                f"model expects {tuple(spec.shape)} for {path}"
+                f"{name}: checkpoint {stored}{layout}, model expects {tuple(spec.shape)} for {path}"
             )
             continue
         params[path] = np.asarray(value.reshape(spec.shape), dtype=spec.dtype)

@@ -141,7 +141,8 @@ class TextEncoder(nn.Module):
         check_text_inputs(inputs)
         cfg = self.config
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        if ids.shape[1] + cfg.roberta_positions * (cfg.pad_token_id + 1) > cfg.max_positions:
+        first_position = cfg.pad_token_id + 1 if cfg.roberta_positions else 0
+        if first_position + ids.shape[1] > cfg.max_positions:
             raise ValueError(
                 f"text inputs: length {ids.shape[1]} exceeds max_positions={cfg.max_positions}"
             )
