@@ -12,6 +12,7 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
+from cwcl_jax import frozen_cache
 from cwcl_jax.data.pipeline import default_data_config
 
 
@@ -87,4 +88,6 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.init_bias = -10.0  # siglip only
 
     config.data = default_data_config()
+    # The frozen tower's outputs per example, computed once (cwcl_jax/frozen_cache).
+    config.frozen_cache = frozen_cache.default_config()
     return config

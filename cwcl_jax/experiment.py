@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh
 
-from cwcl_jax import losses, sharding, train, train_step
+from cwcl_jax import frozen_cache, losses, sharding, train, train_step
 from cwcl_jax.audio import LogMelConfig
 from cwcl_jax.config_utils import tower_overrides
 from cwcl_jax.models import TwoTower, build_tower, load_pretrained, loading
@@ -78,10 +78,22 @@ def batch_spec(config: ml_collections.ConfigDict, mesh: Mesh | None, batch: int)
     for side in ("trainable", "frozen"):
         modality = modality_of(config, side)
         spec[modality] = _modality_spec(modality, config.data, batch)
+    return _sharded(spec, mesh)
+
+
+def _sharded(spec: dict, mesh: Mesh | None) -> dict:
     if mesh is None:
         return spec
     shard = sharding.batch_sharding(mesh)
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=shard), spec)
+
+
+def with_cached_frozen(spec: dict, frozen_key: str, frozen_dim: int, mesh: Mesh | None) -> dict:
+    """The batch spec when the frozen cache serves `frozen_raw` [B, D'] for the frozen inputs."""
+    batch = jax.tree.leaves(spec[frozen_key])[0].shape[0]
+    cached = {train_step.FROZEN_RAW: jax.ShapeDtypeStruct((batch, frozen_dim), jnp.float32)}
+    rest = {k: v for k, v in spec.items() if k != frozen_key}
+    return {**rest, **_sharded(cached, mesh)}
 
 
 def _module_without_weights(tower: ml_collections.ConfigDict, field: str):
@@ -149,6 +161,7 @@ def validate(config: ml_collections.ConfigDict, mesh: Mesh) -> None:
     sharding.validate_rules(config.sharding.frozen, "config.sharding.frozen")
     if modality_of(config, "trainable") == modality_of(config, "frozen"):
         raise ValueError("config.model: the trainable and frozen towers have the same modality")
+    frozen_cache.check_config(config)
 
 
 def build_experiment(config: ml_collections.ConfigDict, *, with_weights: bool):
@@ -167,6 +180,8 @@ def build_experiment(config: ml_collections.ConfigDict, *, with_weights: bool):
     frozen_dim = jax.eval_shape(
         lambda variables: frozen_module.apply(variables, example_frozen), frozen_shapes
     ).shape[-1]
+    if config.frozen_cache.enabled:
+        spec = with_cached_frozen(spec, frozen_key, frozen_dim, mesh)
     model = TwoTower(
         trainable_tower=tower,
         frozen_dim=frozen_dim,
@@ -242,8 +257,11 @@ def check_batch(batch: dict, spec: dict) -> None:
     for modality, fields in spec.items():
         if modality not in batch:
             raise ValueError(f"data batch has no {modality!r} entry; it has {sorted(batch)}")
+        entries = batch[modality]
+        if isinstance(fields, jax.ShapeDtypeStruct):  # a top-level array (frozen_raw)
+            fields, entries = {modality: fields}, {modality: entries}
         for name, s in fields.items():
-            got = batch[modality].get(name)
+            got = entries.get(name)
             if got is None or tuple(got.shape) != s.shape or got.dtype != s.dtype:
                 shape = None if got is None else (tuple(got.shape), str(got.dtype))
                 raise ValueError(

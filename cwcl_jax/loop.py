@@ -56,7 +56,7 @@ def train_loop(
     A preemption notice saves the next step boundary and returns early.
     """
     config = experiment.config
-    keys = (experiment.parts.trainable_key, experiment.parts.frozen_key)
+    keys = tuple(experiment.batch_spec)  # the towers' inputs, or frozen_raw from the cache
     step = int(jax.device_get(state.step))
     throughput = metrics.Throughput(config.batch_size)
     first = True

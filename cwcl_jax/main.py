@@ -16,7 +16,16 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cwcl_jax import checkpointing, distributed, experiment, loop, metrics, sharding, train_step
+from cwcl_jax import (
+    checkpointing,
+    distributed,
+    experiment,
+    frozen_cache,
+    loop,
+    metrics,
+    sharding,
+    train_step,
+)
 from cwcl_jax.config_utils import to_json_dict
 from cwcl_jax.data.pipeline import make_pipeline
 
@@ -56,9 +65,12 @@ def train(config, workdir: str) -> None:
     """Train to `config.total_steps`, resuming from the latest checkpoint in `workdir`."""
     exp, frozen_params, trainable_init = experiment.build_experiment(config, with_weights=True)
     tokenizer = exp.frozen_processor if exp.parts.frozen_key == "text" else None
+    cache = None
+    if config.frozen_cache.enabled:
+        cache = frozen_cache.open_or_build(exp, frozen_params, workdir)
     batches = make_pipeline(
         config.data, split=config.data.train_split, global_batch_size=config.batch_size,
-        mesh=exp.mesh, seed=config.seed, tokenizer=tokenizer,
+        mesh=exp.mesh, seed=config.seed, tokenizer=tokenizer, frozen_cache=cache,
     )  # fmt: skip
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints

@@ -1,5 +1,8 @@
 """The train step: frozen forward, trainable forward + backward, loss, AdamW update.
 
+A batch that carries `frozen_raw` (float32 [B, D'], joined from the frozen cache by the
+input pipeline) skips the frozen forward pass: those are the tower's outputs.
+
 With `accum_steps > 1` the gradient is exact for the contrastive loss (GradCache, Gao et
 al. 2021): the loss couples every pair in the batch, so per-micro-batch losses would be a
 different objective. Instead:
@@ -30,6 +33,7 @@ from cwcl_jax.models.layers import l2_normalize
 from cwcl_jax.train import TrainState, step_key
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
+FROZEN_RAW = "frozen_raw"  # batch entry of cached frozen-tower outputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +101,16 @@ def _loss_from_outputs(parts: StepParts, outputs: dict) -> tuple[jax.Array, dict
     )
 
 
+def frozen_raw_of(parts: StepParts, frozen_params: Any, batch: dict) -> jax.Array:
+    """The frozen tower's features [B, D']: cached in the batch, or computed here."""
+    if FROZEN_RAW in batch:
+        return jax.lax.stop_gradient(batch[FROZEN_RAW].astype(jnp.float32))
+    return frozen_features(parts.frozen_module, frozen_params, batch[parts.frozen_key])
+
+
 def full_batch_grads(parts: StepParts, params: Any, frozen_params: Any, batch: dict, key):
     """One forward + backward over the whole batch -> (grads, loss, metrics)."""
-    frozen_raw = frozen_features(parts.frozen_module, frozen_params, batch[parts.frozen_key])
+    frozen_raw = frozen_raw_of(parts, frozen_params, batch)
 
     def loss_of(p):
         outputs = parts.model.apply(
@@ -127,7 +138,7 @@ def accumulated_grads(parts: StepParts, params: Any, frozen_params: Any, batch: 
 
     def embed(args):  # 1. forward only: nothing is differentiated, no activations kept
         inputs, micro_key = args
-        raw = frozen_features(parts.frozen_module, frozen_params, inputs[parts.frozen_key])
+        raw = frozen_raw_of(parts, frozen_params, inputs)
         return _embed_trainable(parts, params, inputs[parts.trainable_key], micro_key), raw
 
     embeddings, frozen_raw = jax.lax.map(embed, (micro, micro_keys))

@@ -150,7 +150,10 @@ class LocalBatches:
     `{"image": {"pixels": f32 [b, S, S, 3]}, "text": {"input_ids", "attention_mask": i32
     [b, L]}, "speech": {"mel": f32 [b, T, n_mels], "mel_mask": i32 [b, T]}, "labels":
     {name: i32 [b]}, "index": i32 [b]}` (only the configured modalities), plus `"valid":
-    bool [b]` when evaluating. `bad_records` counts the records skipped so far.
+    bool [b]` when evaluating. With a `frozen_cache` (a `cwcl_jax.frozen_cache.FrozenCache`)
+    its modality is not read; `"frozen_raw": f32 [b, dim]` holds the cached embeddings,
+    and an example without one counts as a bad record, as its frozen side was at build
+    time. `bad_records` counts the records skipped so far.
     """
 
     def __init__(
@@ -164,8 +167,10 @@ class LocalBatches:
         bad_records: str,
         prefetch: int,
         read_threads: int,
+        frozen_cache: Any = None,
     ):
         self.split, self.plan, self.collator = split, plan, collator
+        self._frozen_cache = frozen_cache
         self._image_spec, self._log_mel = image_spec, log_mel
         self._raise_on_bad = bad_records == "raise"
         self._prefetch, self._read_threads = prefetch, read_threads
@@ -251,6 +256,9 @@ class LocalBatches:
             final_indices.append(index)
             valid.append(example is not None)
         batch = self.collator.collate(examples)
+        if self._frozen_cache is not None:
+            padding = np.zeros(self._frozen_cache.dim, np.float32)
+            batch["frozen_raw"] = np.stack([e.get("frozen_raw", padding) for e in examples])
         batch["index"] = np.asarray(final_indices, np.int32)
         batch["seed"] = seeds
         batch["valid"] = np.asarray(valid)
@@ -280,7 +288,10 @@ class LocalBatches:
             try:
                 if isinstance(record, preprocess.BadRecord):
                     raise record
-                return self.collator.convert(record, choice), index
+                example = self.collator.convert(record, choice)
+                if self._frozen_cache is not None:
+                    example["frozen_raw"] = self._frozen_cache.lookup(index)
+                return example, index
             except preprocess.BadRecord as e:
                 self._count_bad(index, e)
             if not self.plan.train:
@@ -318,6 +329,8 @@ class LocalBatches:
             signature.update(input_ids=(tf.int32, (length,)), attention_mask=(tf.int32, (length,)))
         if keys.speech:
             signature.update(waveform=(tf.float32, (None,)), num_samples=(tf.int32, ()))
+        if self._frozen_cache is not None:
+            signature["frozen_raw"] = (tf.float32, (self._frozen_cache.dim,))
         signature.update(index=(tf.int32, ()), seed=(tf.int32, (2,)), valid=(tf.bool, ()))
         return signature
 
@@ -348,6 +361,8 @@ class LocalBatches:
             )
         if keys.labels:
             out["labels"] = {k: example[f"label/{k}"] for k in keys.labels}
+        if self._frozen_cache is not None:
+            out["frozen_raw"] = example["frozen_raw"]
         return out
 
     def _dataset(self, start_step: int) -> tf.data.Dataset:
@@ -402,6 +417,7 @@ def make_pipeline(
     tokenizer: Any = None,
     train: bool = True,
     batch_axes: Sequence[str] = BATCH_AXES,
+    frozen_cache: Any = None,
 ) -> GlobalBatches:
     """Global batches of `split` for the mesh; see `LocalBatches` for their structure.
 
@@ -414,6 +430,8 @@ def make_pipeline(
       tokenizer: HF tokenizer for the text modality (or a local tokenizer dir); None uses
         `data_config.tokenizer`.
       train: endless shuffled stream; False: one ordered pass with a padded last batch.
+      frozen_cache: a `cwcl_jax.frozen_cache.FrozenCache`: join its embeddings as
+        `frozen_raw` and skip reading its modality.
     """
     sharding = batch_sharding(mesh, batch_axes, global_batch_size)
     local = make_local_pipeline(
@@ -423,6 +441,7 @@ def make_pipeline(
         seed=seed,
         tokenizer=tokenizer,
         train=train,
+        frozen_cache=frozen_cache,
     )
     return GlobalBatches(local, sharding)
 
@@ -451,6 +470,7 @@ def make_local_pipeline(
     train: bool = True,
     process_index: int | None = None,
     process_count: int | None = None,
+    frozen_cache: Any = None,
 ) -> LocalBatches:
     """This process's share of every global batch, as numpy (see `make_pipeline`).
 
@@ -461,6 +481,8 @@ def make_local_pipeline(
     _check_config(data_config, global_batch_size, process_count)
     features = data_config.features
     keys = preprocess.FeatureKeys(image=features.image, text=features.text, speech=features.speech)
+    if frozen_cache is not None:  # its embeddings stand in for the frozen modality
+        keys = dataclasses.replace(keys, **{frozen_cache.modality: None})
     if not (keys.image or keys.text or keys.speech):
         raise ValueError("data.features: image, text and speech are all None; name at least one")
     tokenizer = _tokenizer(tokenizer, data_config) if keys.text else None
@@ -472,6 +494,11 @@ def make_local_pipeline(
         prepare=data_config.prepare,
         manual_dir=data_config.manual_dir,
     )
+    if frozen_cache is not None and frozen_cache.num_examples != len(data):
+        raise ValueError(
+            f"frozen cache {frozen_cache.directory} holds {frozen_cache.num_examples} examples, "
+            f"{data.name} has {len(data)}"
+        )
     keys = dataclasses.replace(keys, labels=_label_keys(data, features.labels))
     for path in (keys.text, keys.speech):
         if path:
@@ -506,6 +533,7 @@ def make_local_pipeline(
         bad_records=data_config.bad_records,
         prefetch=data_config.prefetch,
         read_threads=data_config.read_threads,
+        frozen_cache=frozen_cache,
     )
 
 
