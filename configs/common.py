@@ -12,7 +12,7 @@ from pathlib import Path
 import ml_collections
 from ml_collections import config_dict
 
-from cwcl_jax import frozen_cache
+from cwcl_jax import evaluate, frozen_cache
 from cwcl_jax.data.pipeline import default_data_config
 
 
@@ -90,4 +90,6 @@ def base_config() -> ml_collections.ConfigDict:
     config.data = default_data_config()
     # The frozen tower's outputs per example, computed once (cwcl_jax/frozen_cache).
     config.frozen_cache = frozen_cache.default_config()
+    # Zero-shot tasks on config.data.eval_split; experiment configs add them (docs/evaluation.md).
+    config.eval = evaluate.get_eval_config()
     return config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from cwcl_jax import evaluate
 from cwcl_jax.config_utils import load_sibling
 
 common = load_sibling(__file__, "common")
@@ -30,6 +31,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.features.text = "caption"
     config.data.image_size = 64
     config.data.max_text_length = 32
+    config.eval_every_steps = 300
+    config.eval.tasks.shape = evaluate.zeroshot_task("shape", "image", templates="shapes")
+    config.eval.tasks.color = evaluate.zeroshot_task("color", "image", templates="colors")
+    config.eval.tasks.caption = evaluate.retrieval_task("image", "text")
     if arg == "tiny":
         _tiny(config)
     elif arg:
@@ -43,6 +48,8 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
     config.total_steps = 6
     config.log_every_steps = 2
     config.checkpoint_every_steps = 3
+    config.eval_every_steps = 0  # smoke runs skip evaluation; --config.eval_every_steps=3 adds it
+    config.eval.batch_size = 48  # 128 test examples: the last batch is padded
     config.optimizer.warmup_steps = 2
     config.data.name = "cwcl_shapes/tiny"
     config.data.image_size = 32

@@ -27,6 +27,8 @@ class LoopIO:
     writer: metrics.MetricsWriter
     watcher: checkpointing.PreemptionWatcher
     config_json: Mapping[str, Any]
+    # (state, step) -> None, every config.eval_every_steps (and at the last step); None: off.
+    evaluate: Callable[[TrainState, int], Any] | None = None
 
 
 def check_finite(step: int, scalars: Mapping[str, float]) -> None:
@@ -81,4 +83,6 @@ def train_loop(
         if preempted:
             logging.warning("Preemption notice: saved step %d, stopping.", step)
             return state, True
+        if io.evaluate and _should_save(step, config.eval_every_steps, config.total_steps):
+            io.evaluate(state, step)
     return state, False

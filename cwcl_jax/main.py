@@ -1,8 +1,10 @@
 """Entry point: `python -m cwcl_jax.main --config configs/demo.py --workdir DIR`.
 
-Modes: `train` (default; resumes from the workdir's latest checkpoint) and
-`compile_check` (compiles the train step for the configured mesh from abstract inputs,
-without data or weights, and prints the per-device memory XLA reports).
+Modes: `train` (default; resumes from the workdir's latest checkpoint; zero-shot evaluation
+every `eval_every_steps`), `eval` (evaluates the workdir's latest checkpoint: writes
+eval_results.json and plots there) and `compile_check` (compiles the train step for the
+configured mesh from abstract inputs, without data or weights, and prints the per-device
+memory XLA reports).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ml_collections import config_flags
 from cwcl_jax import (
     checkpointing,
     distributed,
+    evaluate,
     experiment,
     frozen_cache,
     loop,
@@ -29,7 +32,7 @@ from cwcl_jax import (
 from cwcl_jax.config_utils import to_json_dict
 from cwcl_jax.data.pipeline import make_pipeline
 
-MODES = ("train", "compile_check")
+MODES = ("train", "eval", "compile_check")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py[:arg]")
 _WORKDIR = flags.DEFINE_string("workdir", None, "metrics, checkpoints, TensorBoard events")
@@ -43,8 +46,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 flags.register_validator(
     "mode",
     lambda mode: mode in MODES,
-    message=f"--mode must be one of {MODES} (zero-shot evaluation, --mode=eval, is not "
-    "available yet)",
+    message=f"--mode must be one of {MODES}",
 )
 
 
@@ -75,11 +77,13 @@ def train(config, workdir: str) -> None:
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints
     )
+    writer = metrics.MetricsWriter(workdir, config.total_steps, enabled=_is_primary())
     io = loop.LoopIO(
         checkpointer=ckpt,
-        writer=metrics.MetricsWriter(workdir, config.total_steps, enabled=_is_primary()),
+        writer=writer,
         watcher=checkpointing.PreemptionWatcher(),
         config_json=_write_config(config, workdir),
+        evaluate=_eval_fn(exp, frozen_params, workdir, writer),
     )
     try:
         restored = ckpt.restore_latest(experiment.abstract_state(exp))
@@ -99,6 +103,46 @@ def train(config, workdir: str) -> None:
         ckpt.close()
         io.writer.close()
         io.watcher.close()
+
+
+def _eval_fn(exp, frozen_params, workdir: str, writer):
+    """(state, step) -> results, or None when evaluation is off (eval_every_steps=0)."""
+    if not exp.config.eval_every_steps or not exp.config.eval.tasks:
+        return None
+    evaluator = evaluate.ExperimentEvaluator(exp)  # a bad eval config fails before step 1
+
+    def run(state, step: int) -> dict:
+        results = evaluator(state.params, frozen_params, step=step, workdir=workdir, writer=writer)
+        _print_results(results, step, workdir)
+        return results
+
+    return run
+
+
+def _print_results(results: dict, step: int, workdir: str) -> None:
+    if _is_primary():
+        print(f"\nEvaluation at step {step}:\n{evaluate.summary_table(results)}", flush=True)
+        print(f"Results: {workdir}/eval_results.json; plots: {workdir}/plots", flush=True)
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+    """Zero-shot evaluation of the workdir's latest intact checkpoint."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        raise ValueError(f"--mode=eval: no checkpoint directory {directory}; train first")
+    exp, frozen_params, _ = experiment.build_experiment(config, with_weights=True)
+    evaluator = evaluate.ExperimentEvaluator(exp)
+    ckpt = checkpointing.Checkpointer(directory, keep=config.keep_checkpoints)
+    try:
+        restored = ckpt.restore_latest(experiment.abstract_state(exp))
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise ValueError(f"--mode=eval: {directory} holds no checkpoint")
+    step, state, _ = restored
+    results = evaluator(state.params, frozen_params, step=step, workdir=workdir)
+    _print_results(results, step, workdir)
+    return results
 
 
 def compile_check(config) -> None:
@@ -156,6 +200,8 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value
     if _MODE.value == "compile_check":
         compile_check(config)
+    elif _MODE.value == "eval":
+        evaluate_checkpoint(config, _WORKDIR.value)
     else:
         train(config, _WORKDIR.value)
 

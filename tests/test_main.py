@@ -100,10 +100,10 @@ def _run_main(*args: str, **kwargs) -> subprocess.Popen:
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("--mode=eval",), "--mode must be one of ('train', 'compile_check')"),
+        (("--mode=evaluate",), "--mode must be one of ('train', 'eval', 'compile_check')"),
         (("--config.optimizer.learing_rate=1",), "learing_rate"),
     ],
-    ids=["eval-mode", "config-typo"],
+    ids=["bad-mode", "config-typo"],
 )
 def test_bad_flags_fail_fast_naming_them(tmp_path, args, message):
     proc = _run_main(f"--config={DEMO}:tiny", f"--workdir={tmp_path}", *args)
