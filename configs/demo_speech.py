@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from cwcl_jax import evaluate
 from cwcl_jax.config_utils import load_sibling
 
 common = load_sibling(__file__, "common")
@@ -33,6 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.audio_max_seconds = 3.0
     config.data.n_mels = 80
     config.data.max_text_length = 32
+    config.eval_every_steps = 500
+    config.eval.tasks.intent = evaluate.zeroshot_task(
+        "intent", "speech", templates="intent", readable=True
+    )
+    config.eval.tasks.transcript = evaluate.retrieval_task("speech", "text")
     if arg == "tiny":
         _tiny(config)
     elif arg:
@@ -46,6 +52,7 @@ def _tiny(config: ml_collections.ConfigDict) -> None:
     config.log_every_steps = 2
     config.checkpoint_every_steps = 2
     config.optimizer.warmup_steps = 1
+    config.eval_every_steps = 0  # smoke runs skip evaluation; --config.eval_every_steps=2 adds it
     config.data.name = "cwcl_spoken/intents_tiny"
     config.data.audio_max_seconds = 2.0
     config.data.read_threads = 1
