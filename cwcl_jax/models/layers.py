@@ -87,6 +87,17 @@ class EncoderConfig:
         return self.hidden_size // self.num_heads
 
 
+def encoder_config(tower_config: Any, **layout: Any) -> EncoderConfig:
+    """The EncoderConfig of a tower config: every field the two share by name, plus the
+    tower's fixed layout choices (e.g. norm_first=True), which win over shared fields."""
+    shared = {
+        field.name: getattr(tower_config, field.name)
+        for field in dataclasses.fields(EncoderConfig)
+        if field.name not in layout and hasattr(tower_config, field.name)
+    }
+    return EncoderConfig(**shared, **layout)
+
+
 def layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
     """LayerNorm over "embed" with the config's epsilon and dtypes."""
     return nn.LayerNorm(

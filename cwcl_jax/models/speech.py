@@ -79,22 +79,8 @@ class SpeechConfig:
         return SUBSAMPLING * self.max_positions
 
     def encoder(self) -> layers.EncoderConfig:
-        return layers.EncoderConfig(
-            hidden_size=self.hidden_size,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            num_layers=self.num_layers,
-            activation=self.activation,
-            layer_norm_eps=self.layer_norm_eps,
-            norm_first=True,
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            # A key bias adds the same logit to every key of a query: softmax ignores it.
-            key_bias=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            remat=self.remat,
-        )
+        # A key bias adds the same logit to every key of a query: softmax ignores it.
+        return layers.encoder_config(self, norm_first=True, key_bias=False)
 
 
 # From-scratch towers for CPU demos (2-4 s keyword clips, 80 mels); `cwcl_jax.models`

@@ -53,20 +53,7 @@ class TextConfig:
             raise ValueError(f"TextConfig.pooling={self.pooling!r}; supported: {POOLINGS}")
 
     def encoder(self) -> layers.EncoderConfig:
-        return layers.EncoderConfig(
-            hidden_size=self.hidden_size,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            num_layers=self.num_layers,
-            activation=self.activation,
-            layer_norm_eps=self.layer_norm_eps,
-            norm_first=False,
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            remat=self.remat,
-        )
+        return layers.encoder_config(self, norm_first=False)
 
 
 def check_text_inputs(inputs: dict) -> None:

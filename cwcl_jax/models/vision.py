@@ -65,20 +65,7 @@ class ViTConfig:
         return (self.image_size // self.patch_size) ** 2
 
     def encoder(self) -> layers.EncoderConfig:
-        return layers.EncoderConfig(
-            hidden_size=self.hidden_size,
-            num_heads=self.num_heads,
-            mlp_dim=self.mlp_dim,
-            num_layers=self.num_layers,
-            activation=self.activation,
-            layer_norm_eps=self.layer_norm_eps,
-            norm_first=True,
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            remat=self.remat,
-        )
+        return layers.encoder_config(self, norm_first=True)
 
 
 def check_pixels(inputs: dict, image_size: int, channels: int = 3) -> jax.Array:
