@@ -8,6 +8,9 @@ Damaged checkpoints: restore recomputes a fingerprint of every restored array an
 compares it with the one recorded at save time. A step that fails to read or whose
 fingerprint differs is moved aside to `damaged_<step>` with a warning and the previous
 step is tried; if no step is valid the run stops with an error naming the directory.
+That fallback is for resuming training only: a read-only Checkpointer (`--mode=eval`)
+restores exactly the step asked for, or raises an error naming the path, and never
+renames, creates or deletes anything.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from jax.experimental import multihost_utils
 
 
 class CheckpointError(RuntimeError):
-    """No checkpoint in a directory could be restored intact."""
+    """A checkpoint directory or step is missing, or no checkpoint could be restored intact."""
 
 
 def _leaf_bits(x: jax.Array) -> jax.Array:
@@ -65,18 +68,39 @@ def fingerprint(tree: Any) -> list[list[int]]:
 class Checkpointer:
     """Saves and restores `(train_state, data_state)` under `directory`."""
 
-    def __init__(self, directory: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        keep: int = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
+        """read_only: open an existing directory for `restore` only (evaluation); it must
+        exist, and nothing in it is created, renamed or deleted."""
         if keep < 1:
             raise ValueError(f"checkpoint keep must be >= 1, got {keep}")
         self.directory = epath.Path(directory)
-        options = ocp.CheckpointManagerOptions(
-            preservation_policy=ocp.checkpoint_managers.LatestN(keep),
-            enable_async_checkpointing=async_save,
-            create=True,
-        )
+        self.read_only = read_only
+        if read_only:
+            if not self.directory.is_dir():
+                raise CheckpointError(f"no checkpoint directory {self.directory}")
+            options = ocp.CheckpointManagerOptions(
+                read_only=True, create=False, save_interval_steps=0
+            )
+        else:
+            options = ocp.CheckpointManagerOptions(
+                preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+                enable_async_checkpointing=async_save,
+                create=True,
+            )
         self._manager = ocp.CheckpointManager(
             self.directory, item_names=("state", "data", "meta"), options=options
         )
+
+    def all_steps(self) -> list[int]:
+        """Saved steps, ascending (damaged steps moved aside are not listed)."""
+        return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -117,6 +141,34 @@ class Checkpointer:
             )
         return None
 
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """Exactly `step` as `(state, data_state)`; never falls back to another step.
+
+        CheckpointError naming the path when the directory holds no checkpoint, `step` is
+        not among the saved ones (they are listed), or the step is damaged (left as is).
+        """
+        self.resolve_step(step)
+        try:
+            return self._restore_verified(step, abstract_state)
+        except Exception as e:  # noqa: BLE001 - any read failure means "damaged"
+            raise CheckpointError(
+                f"checkpoint {self.directory / str(step)} is damaged "
+                f"({type(e).__name__}: {e}); saved steps: {self.all_steps()}"
+            ) from e
+
+    def resolve_step(self, step: int | None) -> int:
+        """`step`, or the latest when None, after checking that it was saved."""
+        steps = self.all_steps()
+        if not steps:
+            raise CheckpointError(f"{self.directory} holds no checkpoint")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise CheckpointError(
+                f"no checkpoint of step {step} in {self.directory}; available steps: {steps}"
+            )
+        return step
+
     def _restore_verified(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         restored = self._manager.restore(
             step,
@@ -133,6 +185,8 @@ class Checkpointer:
 
     def _move_aside(self, step: int) -> None:
         """Rename a damaged step so the run can later save that step number again."""
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} is open read-only; not renaming step {step}")
         if jax.process_index() == 0:
             src = self.directory / str(step)
             if src.exists():

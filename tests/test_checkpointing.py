@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import signal
 
 import jax
@@ -137,3 +138,59 @@ def test_preemption_watcher_sets_flag_on_sigterm():
     finally:
         watcher.close()
     assert signal.getsignal(signal.SIGTERM) is not None
+
+
+def _saved_steps(directory: pathlib.Path, steps=(1, 2)):
+    """Checkpoints of `_state(step)` at each step; returns the restore target."""
+    mesh = sharding.create_mesh({"data": -1})
+    ck = checkpointing.Checkpointer(directory)
+    for step in steps:
+        state, shardings = _placed(_state(float(step)), mesh)
+        ck.save(step, state, {"position": step}, {})
+    ck.wait()
+    ck.close()
+    return sharding.abstract_with_shardings(state, shardings)
+
+
+def test_read_only_restore_of_a_given_step(tmp_path):
+    abstract = _saved_steps(tmp_path)
+    ck = checkpointing.Checkpointer(tmp_path, read_only=True)
+    assert ck.all_steps() == [1, 2] and ck.resolve_step(None) == 2
+    state, data_state = ck.restore(1, abstract)  # not the latest
+    assert data_state == {"position": 1}
+    _assert_tree_equal(state, _state(1.0))
+    listed = r"step 7 in .*available steps: \[1, 2\]"
+    with pytest.raises(checkpointing.CheckpointError, match=listed):
+        ck.restore(7, abstract)
+
+
+def test_read_only_missing_or_empty_directory_names_it(tmp_path):
+    missing = tmp_path / "nowhere"
+    named = f"no checkpoint directory {re.escape(str(missing))}$"
+    with pytest.raises(checkpointing.CheckpointError, match=named):
+        checkpointing.Checkpointer(missing, read_only=True)
+    assert not missing.exists()  # read-only creates nothing
+    (tmp_path / "empty").mkdir()
+    ck = checkpointing.Checkpointer(tmp_path / "empty", read_only=True)
+    with pytest.raises(checkpointing.CheckpointError, match="empty holds no checkpoint"):
+        ck.resolve_step(None)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [_damage_array_files, lambda d: (d / "meta" / "metadata").write_text("{not json")],
+    ids=["flipped-bytes", "broken-meta"],
+)
+def test_read_only_damaged_step_is_an_error_and_left_in_place(tmp_path, damage):
+    abstract = _saved_steps(tmp_path)
+    damage(tmp_path / "2")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    ck = checkpointing.Checkpointer(tmp_path, read_only=True)
+    damaged = f"checkpoint {re.escape(str(tmp_path / '2'))} is damaged"
+    with pytest.raises(checkpointing.CheckpointError, match=damaged):
+        ck.restore(2, abstract)
+    with pytest.raises(checkpointing.CheckpointError, match="read-only; not renaming step 2"):
+        ck.restore_latest(abstract)  # the training fallback refuses to rename here
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    state, _ = ck.restore(1, abstract)  # the intact step still restores
+    _assert_tree_equal(state, _state(1.0))
