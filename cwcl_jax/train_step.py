@@ -29,7 +29,6 @@ from jax.sharding import PartitionSpec as P
 
 from cwcl_jax import sharding
 from cwcl_jax.models import frozen_features
-from cwcl_jax.models.layers import l2_normalize
 from cwcl_jax.train import TrainState, step_key
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
@@ -78,17 +77,6 @@ def split_micro_batches(tree: Any, accum_steps: int) -> Any:
 def merge_micro_batches(tree: Any) -> Any:
     """Inverse of `split_micro_batches`: [A, N / A, ...] -> [N, ...] in the original order."""
     return jax.tree.map(lambda x: x.swapaxes(0, 1).reshape(-1, *x.shape[2:]), tree)
-
-
-def _outputs_from_embeddings(module: nn.Module, trainable: jax.Array, frozen_raw: jax.Array):
-    """TwoTower's output dict given already computed trainable embeddings (GradCache step 2)."""
-    return {
-        "trainable": trainable,
-        "frozen": module.embed_frozen(frozen_raw),
-        "frozen_raw": l2_normalize(jax.lax.stop_gradient(frozen_raw.astype(jnp.float32))),
-        "temperature": module.temperature(),
-        "bias": module.bias if module.use_bias else None,
-    }
 
 
 def _loss_from_outputs(parts: StepParts, outputs: dict) -> tuple[jax.Array, dict]:
@@ -147,9 +135,7 @@ def accumulated_grads(parts: StepParts, params: Any, frozen_params: Any, batch: 
     frozen_raw = _constrain(merge_micro_batches(frozen_raw), parts.mesh, batch_spec)
 
     def loss_of(p, trainable):  # 2. full-batch loss; grads wrt embeddings and the heads
-        outputs = parts.model.apply(
-            {"params": p}, trainable, frozen_raw, method=_outputs_from_embeddings
-        )
+        outputs = parts.model.apply({"params": p}, trainable, frozen_raw, method="outputs")
         return _loss_from_outputs(parts, outputs)
 
     (loss, metrics), (head_grads, embedding_grads) = jax.value_and_grad(

@@ -84,7 +84,7 @@ def test_dropout_masks_are_the_same_in_both_passes():
             {"params": p},
             train_step.merge_micro_batches(emb),
             train_step.merge_micro_batches(raw),
-            method=train_step._outputs_from_embeddings,
+            method="outputs",
         )
         return train_step._loss_from_outputs(parts, outputs)[0]
 

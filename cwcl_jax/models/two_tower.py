@@ -114,8 +114,12 @@ class TwoTower(nn.Module):
     ) -> dict[str, jax.Array | None]:
         """-> {"trainable": [B, D], "frozen": [B, D], "frozen_raw": [B, D'],
         "temperature": (), "bias": () or None}; the three embeddings L2-normalized."""
+        return self.outputs(self.embed_trainable(trainable_inputs, train=train), frozen_raw)
+
+    def outputs(self, trainable: jax.Array, frozen_raw: jax.Array) -> dict[str, jax.Array | None]:
+        """The output dict of `__call__` from already computed trainable embeddings [B, D]
+        (GradCache computes them micro-batch by micro-batch)."""
         frozen = self.embed_frozen(frozen_raw)
-        trainable = self.embed_trainable(trainable_inputs, train=train)
         if trainable.shape[0] != frozen.shape[0]:
             raise ValueError(
                 f"TwoTower: trainable batch {trainable.shape[0]} != frozen_raw batch "
