@@ -1,8 +1,9 @@
 """Entry point: `python -m cwcl_jax.main --config configs/demo.py --workdir DIR`.
 
 Modes: `train` (default; resumes from the workdir's latest checkpoint; zero-shot evaluation
-every `eval_every_steps`), `eval` (evaluates the workdir's latest checkpoint: writes
-eval_results.json and plots there) and `compile_check` (compiles the train step for the
+every `eval_every_steps`), `eval` (evaluates the workdir's latest checkpoint, or
+`--checkpoint_step`, read-only, with the run's recorded config: writes eval_results.json and
+plots there) and `compile_check` (compiles the train step for the
 configured mesh from abstract inputs, without data or weights, and prints the per-device
 memory XLA reports).
 """
@@ -15,6 +16,7 @@ import os
 import sys
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -42,6 +44,9 @@ _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the run")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index")
+_CHECKPOINT_STEP = flags.DEFINE_integer(
+    "checkpoint_step", None, "--mode=eval: the checkpoint step to evaluate (default: the latest)"
+)
 flags.mark_flags_as_required(["config", "workdir"])
 flags.register_validator(
     "mode",
@@ -125,24 +130,96 @@ def _print_results(results: dict, step: int, workdir: str) -> None:
         print(f"Results: {workdir}/eval_results.json; plots: {workdir}/plots", flush=True)
 
 
-def evaluate_checkpoint(config, workdir: str) -> dict:
-    """Zero-shot evaluation of the workdir's latest intact checkpoint."""
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise ValueError(f"--mode=eval: no checkpoint directory {directory}; train first")
-    exp, frozen_params, _ = experiment.build_experiment(config, with_weights=True)
-    evaluator = evaluate.ExperimentEvaluator(exp)
-    ckpt = checkpointing.Checkpointer(directory, keep=config.keep_checkpoints)
+def evaluate_checkpoint(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    step: int | None = None,
+    overrides: dict | None = None,
+) -> dict:
+    """Zero-shot evaluation of checkpoint `step` (default: the latest) of the run in `workdir`.
+
+    The model is the one the run recorded (see `recorded_run_config`); `config` supplies
+    the eval tasks. Read-only: a damaged checkpoint is an error, nothing is renamed.
+    """
+    run_config = recorded_run_config(workdir, config, overrides or {})
+    if not run_config.eval.tasks:
+        raise ValueError("--mode=eval: config.eval.tasks of --config is empty; nothing to evaluate")
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
-        restored = ckpt.restore_latest(experiment.abstract_state(exp))
+        step = ckpt.resolve_step(step)  # before the towers load: a bad step fails fast
+        exp, frozen_params, _ = experiment.build_experiment(run_config, with_weights=True)
+        evaluator = evaluate.ExperimentEvaluator(exp)
+        state, _ = ckpt.restore(step, experiment.abstract_state(exp))
     finally:
         ckpt.close()
-    if restored is None:
-        raise ValueError(f"--mode=eval: {directory} holds no checkpoint")
-    step, state, _ = restored
     results = evaluator(state.params, frozen_params, step=step, workdir=workdir)
     _print_results(results, step, workdir)
     return results
+
+
+def recorded_run_config(
+    workdir: str, config: ml_collections.ConfigDict, overrides: dict
+) -> ml_collections.ConfigDict:
+    """The config a checkpoint is evaluated with.
+
+    Everything but `eval` comes from the run's `workdir/config.json` (towers, frozen path,
+    data, loss, ...), so a later edit of the config file does not change what is evaluated;
+    `eval` comes from `config` (the --config file); fields the record lacks (added to the
+    code after the run) are filled from `config` with a warning. Command-line overrides
+    (`--config.<field>=...`, flat `overrides`) apply last: a moved dataset or frozen
+    checkpoint, a smaller mesh.
+    """
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ValueError(f"--mode=eval: {path} not found; evaluate the workdir of a training run")
+    try:
+        with open(path) as f:
+            recorded = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--mode=eval: cannot read the run's config {path}: {e}") from e
+    current = to_json_dict(config)
+    _fill_missing(recorded, current, path, prefix="")
+    recorded["eval"] = current["eval"]
+    run_config = ml_collections.ConfigDict(_tuples(recorded))
+    run_config.lock()  # an override naming no field of the record fails
+    for field, value in overrides.items():
+        try:
+            run_config.update_from_flattened_dict({field: value})
+        except (KeyError, AttributeError, TypeError) as e:
+            msg = f"--config.{field}: not applicable to the run's config {path}: {e}"
+            raise ValueError(msg) from e
+    _check_tower_paths(run_config, path)
+    return run_config
+
+
+def _fill_missing(recorded: dict, current: dict, path: str, prefix: str) -> None:
+    for key, value in current.items():
+        if key not in recorded:
+            logging.warning("%s has no field %s%s; using --config's %r", path, prefix, key, value)
+            recorded[key] = value
+        elif isinstance(value, dict) and isinstance(recorded[key], dict) and key != "overrides":
+            # A tower's `overrides` define its architecture: the record's stand whole.
+            _fill_missing(recorded[key], value, path, f"{prefix}{key}.")
+
+
+def _tuples(tree):
+    """JSON lists back to the tuples configs use (sharding rules, loss directions, ks)."""
+    if isinstance(tree, dict):
+        return {k: _tuples(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return tuple(_tuples(v) for v in tree)
+    return tree
+
+
+def _check_tower_paths(run_config: ml_collections.ConfigDict, path: str) -> None:
+    for side in ("frozen", "trainable"):
+        tower_path = run_config.model[side].path
+        if tower_path and not os.path.isdir(tower_path):
+            raise ValueError(
+                f"{path} records model.{side}.path={tower_path}, which is not a directory; "
+                f"put the checkpoint back or pass --config.model.{side}.path=<its new location>"
+            )
 
 
 def compile_check(config) -> None:
@@ -198,10 +275,14 @@ def main(argv: list[str]) -> None:
         process_id=_PROCESS_ID.value,
     )
     config = _CONFIG.value
+    if _CHECKPOINT_STEP.value is not None and _MODE.value != "eval":
+        raise app.UsageError("--checkpoint_step applies to --mode=eval only")
     if _MODE.value == "compile_check":
         compile_check(config)
     elif _MODE.value == "eval":
-        evaluate_checkpoint(config, _WORKDIR.value)
+        overrides = config_flags.get_override_values(flags.FLAGS["config"])
+        step = _CHECKPOINT_STEP.value
+        evaluate_checkpoint(config, _WORKDIR.value, step=step, overrides=overrides)
     else:
         train(config, _WORKDIR.value)
 
