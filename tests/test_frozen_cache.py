@@ -69,18 +69,25 @@ def _file_bytes(directory: Path) -> dict[str, bytes]:
 # --- training from the cache --------------------------------------------------------------
 
 
-def _records(workdir: Path) -> list[dict]:
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+def _train_records(workdir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "loss" in r]  # not the evaluation's
 
 
-def test_training_from_cache_matches_training_on_the_fly(tmp_path, data_dir):
-    runs = {}
+@pytest.mark.parametrize("evaluate", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_training_from_cache_matches_training_on_the_fly(tmp_path, data_dir, evaluate):
+    """Same losses step by step; zero-shot evaluation (the frozen tower on class prompts,
+    both towers on the test split) gives the same results with and without the cache."""
+    runs, evals = {}, {}
     for enabled in (False, True):
         config = _tiny(data_dir, enabled=enabled)
         config.total_steps, config.log_every_steps, config.checkpoint_every_steps = 2, 1, 2
         config.optimizer.warmup_steps = 1
+        config.eval_every_steps = 2 if evaluate else 0
         main.train(config, str(tmp_path / str(enabled)))
-        runs[enabled] = _records(tmp_path / str(enabled))
+        runs[enabled] = _train_records(tmp_path / str(enabled))
+        if evaluate:
+            evals[enabled] = json.loads((tmp_path / str(enabled) / "eval_results.json").read_text())
     # The cached run built its cache first, in the default place.
     manifest = json.loads((tmp_path / "True" / "frozen_cache" / "manifest.json").read_text())
     assert manifest["state"] == "complete"
@@ -88,6 +95,25 @@ def test_training_from_cache_matches_training_on_the_fly(tmp_path, data_dir):
     for on_the_fly, cached in zip(runs[False], runs[True], strict=True):
         for key in ("loss", "grad_norm", "accuracy_t2f", "target_entropy", "temperature"):
             np.testing.assert_allclose(cached[key], on_the_fly[key], rtol=1e-5, err_msg=key)
+    if evaluate:
+        assert set(evals[True]["tasks"]) == {"shape", "color", "caption"}
+        _assert_same_results(evals[True], evals[False])
+
+
+def _assert_same_results(got, expected, where: str = "results") -> None:
+    """Nested eval results: numbers to float32 tolerance, everything else equal."""
+    if isinstance(expected, dict):
+        assert set(got) == set(expected), where
+        for key in expected:
+            _assert_same_results(got[key], expected[key], f"{where}/{key}")
+    elif isinstance(expected, list):
+        assert len(got) == len(expected), where
+        for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+            _assert_same_results(g, e, f"{where}[{i}]")
+    elif isinstance(expected, float):
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-7), where
+    else:
+        assert got == expected, where
 
 
 @pytest.mark.parametrize("accum_steps, frozen_head", [(1, False), (2, True)])
