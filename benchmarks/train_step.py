@@ -73,6 +73,7 @@ def main() -> None:
     path, _, arg = args.config.partition(":")
     config = load_sibling(path, path.rsplit("/", 1)[-1].removesuffix(".py")).get_config(arg or None)
     config.mesh.data = 1  # one device: the comparison is about overhead, not sharding
+    config.frozen_cache.enabled = False  # the step under test runs the frozen tower itself
     exp, frozen_params, _ = experiment.build_experiment(config, with_weights=True)
     parts = exp.parts
     batch = synthetic_batch(jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype),
