@@ -80,7 +80,10 @@ class Checkpointer:
         exist, and nothing in it is created, renamed or deleted."""
         if keep < 1:
             raise ValueError(f"checkpoint keep must be >= 1, got {keep}")
-        self.directory = epath.Path(directory)
+        # Orbax refuses relative paths (mid-save, in a background thread): resolve local
+        # ones here, so `--workdir runs/x` works; remote paths (gs://...) are absolute.
+        directory = os.fspath(directory)
+        self.directory = epath.Path(directory if "://" in directory else os.path.abspath(directory))
         self.read_only = read_only
         if read_only:
             if not self.directory.is_dir():

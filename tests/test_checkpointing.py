@@ -48,6 +48,20 @@ def test_round_trip_onto_a_different_mesh(tmp_path):
     assert state["params"]["w"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
 
 
+def test_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+    # `--workdir runs/demo` gives a relative path; Orbax needs absolute ones.
+    monkeypatch.chdir(tmp_path)
+    saved, shardings = _placed(_state(), sharding.create_mesh({"data": -1}))
+    ck = checkpointing.Checkpointer(os.path.join("runs", "ckpt"))
+    ck.save(2, saved, {"position": 2}, {})
+    ck.wait()
+    assert (tmp_path / "runs" / "ckpt" / "2").is_dir()
+    abstract = sharding.abstract_with_shardings(saved, shardings)
+    step, state, _ = checkpointing.Checkpointer("runs/ckpt").restore_latest(abstract)
+    assert step == 2
+    _assert_tree_equal(state, saved)
+
+
 def test_keeps_last_n_and_empty_dir_restores_none(tmp_path):
     mesh = sharding.create_mesh({"data": -1})
     state, shardings = _placed(_state(), mesh)
