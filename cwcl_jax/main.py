@@ -127,7 +127,11 @@ def _eval_fn(exp, frozen_params, workdir: str, writer):
 def _print_results(results: dict, step: int, workdir: str) -> None:
     if _is_primary():
         print(f"\nEvaluation at step {step}:\n{evaluate.summary_table(results)}", flush=True)
-        print(f"Results: {workdir}/eval_results.json; plots: {workdir}/plots", flush=True)
+        print(
+            f"Results: {workdir}/eval_results.json; plots: {workdir}/plots; "
+            f"checkpoints: {workdir}/checkpoints",
+            flush=True,
+        )
 
 
 def evaluate_checkpoint(
