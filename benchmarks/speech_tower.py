@@ -10,26 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
+from train_step import median_seconds  # benchmarks/train_step.py
 
 from cwcl_jax import audio
 from cwcl_jax.models import build_tower
-
-
-def _median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile + warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def speech_inputs(batch: int, frames: int, n_mels: int = 80, seed: int = 0) -> dict:
@@ -53,8 +43,8 @@ def tower_step_times(
     loss = lambda p, x: jnp.mean(module.apply({"params": p}, x, train=True) ** 2)
     forward_backward = jax.jit(jax.value_and_grad(loss))
     return {
-        "forward": _median_seconds(lambda: forward(params, inputs), repeats),
-        "forward_backward": _median_seconds(lambda: forward_backward(params, inputs), repeats),
+        "forward": median_seconds(lambda: forward(params, inputs), repeats),
+        "forward_backward": median_seconds(lambda: forward_backward(params, inputs), repeats),
     }
 
 

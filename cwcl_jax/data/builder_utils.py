@@ -80,3 +80,10 @@ class BadRecords:
     def summary(self) -> dict:
         """JSON-able {"count", "first"} for the dataset's metadata."""
         return {"count": self.count, "first": list(self.first)}
+
+
+def print_build_summary(builder) -> None:
+    """What a builder command line prints when done: examples per split, bad records."""
+    for split, info in builder.info.splits.items():
+        print(f"{split}: {info.num_examples} examples")
+    print(f"skipped bad records: {builder.info.metadata.get('bad_records', {'count': 0})['count']}")

@@ -209,10 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         bad_records=args.bad_records,
         overwrite=args.overwrite,
     )
-    for split, info in builder.info.splits.items():
-        print(f"{split}: {info.num_examples} examples")
-    bad = builder.info.metadata.get("bad_records", {"count": 0})
-    print(f"skipped bad records: {bad['count']}")
+    builder_utils.print_build_summary(builder)
     print(f"read with tfds.load('cwcl_manifest/{args.name}', data_dir='{args.data_dir}')")
 
 

@@ -244,9 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         bad_records=args.bad_records,
         overwrite=args.overwrite,
     )
-    for split, info in builder.info.splits.items():
-        print(f"{split}: {info.num_examples} examples")
-    print(f"skipped bad records: {builder.info.metadata.get('bad_records', {'count': 0})['count']}")
+    builder_utils.print_build_summary(builder)
 
 
 if __name__ == "__main__":
