@@ -13,7 +13,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
+import cwcl_jax.data  # noqa: F401  (registers cwcl_shapes)
 from cwcl_jax import checkpointing, experiment, main, metrics
 from cwcl_jax.config_utils import load_sibling
 
@@ -23,7 +25,11 @@ DEMO = str(REPO / "configs" / "demo.py")
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
+    """A data dir with cwcl_shapes/tiny prepared, so that runs started side by side in
+    subprocesses never race to build it."""
+    directory = str(tmp_path_factory.mktemp("tfds"))
+    tfds.builder("cwcl_shapes/tiny", data_dir=directory).download_and_prepare()
+    return directory
 
 
 def _tiny(data_dir: str, **fields):
