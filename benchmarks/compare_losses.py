@@ -8,6 +8,7 @@ retrieval R@1, paired CWCL - CL differences, the CWCL weight diagnostics) and
 
     .venv/bin/python benchmarks/compare_losses.py                  # everything: about an hour
     .venv/bin/python benchmarks/compare_losses.py --steps 30 --seeds 0 --variants cl,cwcl
+    .venv/bin/python benchmarks/compare_losses.py --steps speech_text=200   # image: config's
 
 Resumable: a run whose workdir has eval_results.json is reused; an interrupted run
 resumes from its last checkpoint (the trainer's own resume). Workdirs are
@@ -316,9 +317,30 @@ def _csv(kind, allowed=None):
     return parse
 
 
+def _steps(text: str) -> dict[str, int]:
+    """`N` (every dataset) or `dataset=N,...` (the others keep their config's budget)."""
+    if "=" not in text:
+        pairs = [(dataset, text) for dataset in DATASETS]
+    else:
+        pairs = [item.partition("=")[::2] for item in text.split(",") if item]
+    budget = {}
+    for dataset, value in pairs:
+        if dataset not in DATASETS:
+            raise argparse.ArgumentTypeError(f"{dataset!r}: choose from {sorted(DATASETS)}")
+        try:
+            budget[dataset] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{dataset}={value!r}: not an integer") from None
+        if budget[dataset] < 1:
+            raise argparse.ArgumentTypeError(f"{dataset}={value}: steps must be >= 1")
+    return budget
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None, help="budget; default: config's")
+    parser.add_argument(
+        "--steps", type=_steps, default={}, help="N or dataset=N,...; default: the config's"
+    )
     parser.add_argument("--datasets", type=_csv(str, DATASETS), default=list(DATASETS))
     parser.add_argument("--variants", type=_csv(str, VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seeds", type=_csv(int), default=[0, 1, 2])
@@ -326,17 +348,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out_dir", type=Path, default=REPO / "docs", help="results.md, PNGs")
     parser.add_argument("--config_arg", default="", help="e.g. 'tiny' for smoke runs")
     parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default: TFDS's)")
-    args = parser.parse_args(argv)
-    if args.steps is not None and args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     collected = {}
     for dataset in args.datasets:
-        steps = args.steps or default_steps(dataset, args.config_arg)
+        steps = args.steps.get(dataset) or default_steps(dataset, args.config_arg)
         for variant in args.variants:
             for seed in args.seeds:
                 run = Run(dataset, variant, seed, steps)

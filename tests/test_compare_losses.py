@@ -145,11 +145,32 @@ def test_reuses_finished_runs_without_running(fabricated, capsys):
     assert "reuse" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [("40", {"image_text": 40, "speech_text": 40}),
+     ("speech_text=200", {"speech_text": 200}),
+     ("image_text=120,speech_text=60", {"image_text": 120, "speech_text": 60})],
+)  # fmt: skip
+def test_steps_per_dataset(text, expected):
+    assert compare.parse_args(["--steps", text]).steps == expected
+    assert compare.parse_args([]).steps == {}
+
+
+def test_bad_steps_name_the_dataset(capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--steps", "audio=5"])
+    assert "'audio': choose from ['image_text', 'speech_text']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--steps", "speech_text=0"])
+    assert "speech_text=0: steps must be >= 1" in capsys.readouterr().err
+
+
 def test_bad_inputs_are_named(tmp_path, fabricated):
     with pytest.raises(SystemExit):
         compare.parse_args(["--variants", "cl,clip"])
-    with pytest.raises(SystemExit):
-        compare.parse_args(["--steps", "0"])
+    for steps in ("0", "image_text=0", "audio=5", "speech_text=x"):
+        with pytest.raises(SystemExit):
+            compare.parse_args(["--steps", steps])
     args = compare.parse_args(["--seeds", "3,4", "--datasets", "speech_text"])
     assert args.seeds == [3, 4] and args.datasets == ["speech_text"]
     broken = compare.Run("image_text", "cl", 0, 30).workdir(fabricated)
