@@ -269,17 +269,7 @@ def two_tower_eval(batches: list[dict], files_dir: Path, place=lambda tree: tree
         model, place(variables), frozen_module, place(frozen_params),
         trainable_modality="image", frozen_modality="text", tokenize=tt.tokenize,
     )  # fmt: skip
-    files_dir.mkdir(parents=True, exist_ok=True)
-    (files_dir / "names.txt").write_text("circle\nsquare\nstar\ncross\n")
-    (files_dir / "templates.txt").write_text("a {}\na photo of the {}\n")  # words tt knows
-    config = evaluate.get_eval_config()
-    config.tasks.shape = evaluate.zeroshot_task(
-        "shape",
-        "image",
-        templates=str(files_dir / "templates.txt"),
-        class_names=str(files_dir / "names.txt"),
-    )
-    config.tasks.caption = evaluate.retrieval_task("image", "text")
+    config = tt.shape_and_caption_tasks(files_dir)
     evaluator = evaluate.Evaluator(config, modalities=("image", "text"))
     return evaluator(batches, embed_batch=embed_batch, embed_texts=embed_texts)
 

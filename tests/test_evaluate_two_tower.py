@@ -109,6 +109,23 @@ def test_embedders_match_direct_apply_on_sharded_batch(text_is_frozen):
     np.testing.assert_allclose(embed_texts(texts[:1]), embedded[:1], atol=1e-5)
 
 
+def shape_and_caption_tasks(files_dir):
+    """Eval config: zero-shot `shape` over 4 names x 2 templates that `tokenize` knows
+    (written into files_dir) and image<->text retrieval."""
+    files_dir.mkdir(parents=True, exist_ok=True)
+    (files_dir / "names.txt").write_text("circle\nsquare\nstar\ncross\n")
+    (files_dir / "templates.txt").write_text("a {}\na photo of the {}\n")
+    config = evaluate.get_eval_config()
+    config.tasks.shape = evaluate.zeroshot_task(
+        "shape",
+        "image",
+        templates=str(files_dir / "templates.txt"),
+        class_names=str(files_dir / "names.txt"),
+    )
+    config.tasks.caption = evaluate.retrieval_task("image", "text")
+    return config
+
+
 def test_evaluator_runs_on_two_tower_embedders(tmp_path):
     model, variables, frozen_module, frozen_params, _ = build(text_is_frozen=True)
     embed_batch, embed_texts = two_tower_embedders(
@@ -120,16 +137,7 @@ def test_evaluator_runs_on_two_tower_embedders(tmp_path):
         frozen_modality="text",
         tokenize=tokenize,
     )
-    (tmp_path / "names.txt").write_text("circle\nsquare\nstar\ncross\n")
-    (tmp_path / "templates.txt").write_text("a {}\na photo of the {}\n")
-    config = evaluate.get_eval_config()
-    config.tasks.shape = evaluate.zeroshot_task(
-        "shape",
-        "image",
-        templates=str(tmp_path / "templates.txt"),
-        class_names=str(tmp_path / "names.txt"),
-    )
-    config.tasks.caption = evaluate.retrieval_task("image", "text")
+    config = shape_and_caption_tasks(tmp_path)
     mesh = sharding.create_mesh({"data": -1})
     batches = [jax.device_put(make_batch(s), sharding.batch_sharding(mesh)) for s in (1, 2)]
     results = evaluate.Evaluator(config)(batches, embed_batch=embed_batch, embed_texts=embed_texts)
