@@ -23,14 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
+from compare_losses import DATASETS, REPO  # benchmarks/compare_losses.py
 
 import cwcl_jax.data  # noqa: F401  (registers the builders)
 from cwcl_jax.config_utils import load_sibling
 from cwcl_jax.losses import similarity_weights
 from cwcl_jax.models import load_pretrained, make_text_encoder
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {"image_text": "configs/demo.py", "speech_text": "configs/demo_speech.py"}
 KERNELS = ("paper", "exp")
 
 
@@ -93,12 +92,12 @@ def report(name: str, config_path: str, num: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=2048, help="training texts per dataset")
-    parser.add_argument("--datasets", default=",".join(CONFIGS), help="comma-separated")
+    parser.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated")
     args = parser.parse_args()
     for name in args.datasets.split(","):
-        if name not in CONFIGS:
-            parser.error(f"--datasets: {name!r}: choose from {sorted(CONFIGS)}")
-        report(name, CONFIGS[name], args.num)
+        if name not in DATASETS:
+            parser.error(f"--datasets: {name!r}: choose from {sorted(DATASETS)}")
+        report(name, DATASETS[name], args.num)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """benchmarks/weight_structure.py: the target statistics on hand-computed batches."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "weight_structure.py"
+sys.path.insert(0, str(SCRIPT.parent))  # as `python benchmarks/x.py` has it: sibling imports
 _spec = importlib.util.spec_from_file_location("weight_structure", SCRIPT)
 weight_structure = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(weight_structure)
