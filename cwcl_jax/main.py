@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from cwcl_jax import (
     checkpointing,
+    config_utils,
     distributed,
     evaluate,
     experiment,
@@ -31,7 +32,6 @@ from cwcl_jax import (
     sharding,
     train_step,
 )
-from cwcl_jax.config_utils import to_json_dict
 from cwcl_jax.data.pipeline import make_pipeline
 
 MODES = ("train", "eval", "compile_check")
@@ -56,7 +56,7 @@ flags.register_validator(
 
 
 def _write_config(config, workdir: str) -> dict:
-    config_json = to_json_dict(config)
+    config_json = config_utils.to_json_dict(config)
     if _is_primary():
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -143,10 +143,10 @@ def evaluate_checkpoint(
 ) -> dict:
     """Zero-shot evaluation of checkpoint `step` (default: the latest) of the run in `workdir`.
 
-    The model is the one the run recorded (see `recorded_run_config`); `config` supplies
-    the eval tasks. Read-only: a damaged checkpoint is an error, nothing is renamed.
+    The model is the one the run recorded (see `config_utils.recorded_run_config`); `config`
+    supplies the eval tasks. Read-only: a damaged checkpoint is an error, nothing is renamed.
     """
-    run_config = recorded_run_config(workdir, config, overrides or {})
+    run_config = config_utils.recorded_run_config(workdir, config, overrides or {})
     if not run_config.eval.tasks:
         raise ValueError("--mode=eval: config.eval.tasks of --config is empty; nothing to evaluate")
     ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
@@ -160,70 +160,6 @@ def evaluate_checkpoint(
     results = evaluator(state.params, frozen_params, step=step, workdir=workdir)
     _print_results(results, step, workdir)
     return results
-
-
-def recorded_run_config(
-    workdir: str, config: ml_collections.ConfigDict, overrides: dict
-) -> ml_collections.ConfigDict:
-    """The config a checkpoint is evaluated with.
-
-    Everything but `eval` comes from the run's `workdir/config.json` (towers, frozen path,
-    data, loss, ...), so a later edit of the config file does not change what is evaluated;
-    `eval` comes from `config` (the --config file); fields the record lacks (added to the
-    code after the run) are filled from `config` with a warning. Command-line overrides
-    (`--config.<field>=...`, flat `overrides`) apply last: a moved dataset or frozen
-    checkpoint, a smaller mesh.
-    """
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"--mode=eval: {path} not found; evaluate the workdir of a training run")
-    try:
-        with open(path) as f:
-            recorded = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"--mode=eval: cannot read the run's config {path}: {e}") from e
-    current = to_json_dict(config)
-    _fill_missing(recorded, current, path, prefix="")
-    recorded["eval"] = current["eval"]
-    run_config = ml_collections.ConfigDict(_tuples(recorded))
-    run_config.lock()  # an override naming no field of the record fails
-    for field, value in overrides.items():
-        try:
-            run_config.update_from_flattened_dict({field: value})
-        except (KeyError, AttributeError, TypeError) as e:
-            msg = f"--config.{field}: not applicable to the run's config {path}: {e}"
-            raise ValueError(msg) from e
-    _check_tower_paths(run_config, path)
-    return run_config
-
-
-def _fill_missing(recorded: dict, current: dict, path: str, prefix: str) -> None:
-    for key, value in current.items():
-        if key not in recorded:
-            logging.warning("%s has no field %s%s; using --config's %r", path, prefix, key, value)
-            recorded[key] = value
-        elif isinstance(value, dict) and isinstance(recorded[key], dict) and key != "overrides":
-            # A tower's `overrides` define its architecture: the record's stand whole.
-            _fill_missing(recorded[key], value, path, f"{prefix}{key}.")
-
-
-def _tuples(tree):
-    """JSON lists back to the tuples configs use (sharding rules, loss directions, ks)."""
-    if isinstance(tree, dict):
-        return {k: _tuples(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return tuple(_tuples(v) for v in tree)
-    return tree
-
-
-def _check_tower_paths(run_config: ml_collections.ConfigDict, path: str) -> None:
-    for side in ("frozen", "trainable"):
-        tower_path = run_config.model[side].path
-        if tower_path and not os.path.isdir(tower_path):
-            raise ValueError(
-                f"{path} records model.{side}.path={tower_path}, which is not a directory; "
-                f"put the checkpoint back or pass --config.model.{side}.path=<its new location>"
-            )
 
 
 def compile_check(config) -> None:

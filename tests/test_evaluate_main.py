@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cwcl_jax import checkpointing, main
+from cwcl_jax import checkpointing, config_utils, main
 from cwcl_jax.config_utils import load_sibling, to_json_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_recorded_frozen_path_that_is_gone_is_named(tmp_path):
         main.evaluate_checkpoint(_tiny(""), str(workdir))
     # An explicit command-line override points at the new location.
     moved = {"model.frozen.path": _tiny("").model.frozen.path}
-    run = main.recorded_run_config(str(workdir), _tiny(""), moved)
+    run = config_utils.recorded_run_config(str(workdir), _tiny(""), moved)
     assert run.model.frozen.path == moved["model.frozen.path"]
 
 
@@ -128,7 +128,7 @@ def test_recorded_run_config_rules(tmp_path):
     given = _tiny("/given/tfds")
     given.eval.batch_size = 24
     overrides = {"mesh.data": 2, "eval.batch_size": 24}
-    run = main.recorded_run_config(str(tmp_path), given, overrides)
+    run = config_utils.recorded_run_config(str(tmp_path), given, overrides)
     assert run.loss.name == "siglip" and run.data.data_dir == "/recorded/tfds"
     assert run.model.trainable.overrides.to_dict() == {"image_size": 32, "num_layers": 1}
     assert run.eval.batch_size == 24 and run.eval.tasks.keys() == given.eval.tasks.keys()
@@ -139,7 +139,7 @@ def test_recorded_run_config_rules(tmp_path):
     with pytest.raises(AttributeError):  # locked like any config
         run.not_a_field = 1
     with pytest.raises(ValueError, match=r"--config\.loss\.no_such_field: not applicable"):
-        main.recorded_run_config(str(tmp_path), given, {"loss.no_such_field": 1})
+        config_utils.recorded_run_config(str(tmp_path), given, {"loss.no_such_field": 1})
 
 
 def _run_main(workdir: Path, data_dir: Path, *flags: str) -> subprocess.CompletedProcess:
